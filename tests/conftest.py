@@ -1,0 +1,24 @@
+"""Fixtures shared by every test module; each lives in a ``support`` module.
+
+Import a fixture here to make it available everywhere; keep its code, and
+its documentation, in the support module it belongs to (see
+docs/testing.md).
+"""
+
+from support.leaks import no_resource_warnings
+from support.listener import counting_listener
+from support.proxy import connect_proxy
+from support.scim import scim_server, scim_server_with_token, scim_tls_server
+from support.tls import ca_file, other_tls, tls
+
+__all__ = [
+    "ca_file",
+    "connect_proxy",
+    "counting_listener",
+    "no_resource_warnings",
+    "other_tls",
+    "scim_server",
+    "scim_server_with_token",
+    "scim_tls_server",
+    "tls",
+]

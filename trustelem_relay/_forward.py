@@ -1,0 +1,582 @@
+"""Forwarding: perform one relayed request against a declared target.
+
+Theory of operation
+-------------------
+The runtime hands :func:`forward` a request that the target policy has
+already accepted: the target (a declared name, address and TLS settings), the
+request head as the hub sent it, the whole request body, and a sink that
+carries the answer back towards the hub. :func:`forward` opens a connection
+to the target (or reuses one from a :class:`ConnectionPool`), speaks HTTP/1.1
+over it with h11 and streams the answer into the sink. It returns normally
+once the whole response body has been handed to the sink; every failure is a
+:class:`~trustelem_relay.RequestError` that says whether the target may have
+seen the request.
+
+Send the request
+~~~~~~~~~~~~~~~~
+1. Refuse what can be refused before the network is touched: a body or an
+   encoded head over its limit, a head that breaks the HTTP grammar, a CA
+   file that cannot be loaded. Nothing is dialled for these.
+2. Build the outgoing head ourselves (:mod:`._forward_http`), because h11 as a
+   client sends whatever framing it is given: hop-by-hop headers out, then
+   ``Host`` from the URL's authority, exactly one ``Content-Length`` and
+   ``Connection: close`` unless a pool keeps the connection.
+3. Dial the target's declared ``host:port`` and nothing else. The URL's host
+   only goes into ``Host``, into SNI and into the certificate check.
+4. For ``https``, run the TLS handshake, verifying the certificate for the
+   URL's host (or the target's ``server_name``), then compare the SPKI pin if
+   one is set (:mod:`._forward_tls`). Only then write the request, whole.
+
+Receive the response
+~~~~~~~~~~~~~~~~~~~~
+Feed what the target sends to h11 and act on its events. Informational (1xx)
+responses are skipped. The final response's status, reason and headers go to
+``sink.send_head`` without hop-by-hop and framing headers (the relay frames
+the body itself). Body bytes go to ``sink.send_data`` in chunks of at most
+64 KiB, counted against the response limit; the end of the message ends the
+call. A head or a body (declared or counted) over its limit is
+:class:`~trustelem_relay.ResponseTooLarge`; anything h11 cannot parse, or a
+close before the end, is :class:`~trustelem_relay.BadGateway`.
+
+Time
+~~~~
+Each phase has its own limit (connect, TLS, send, first byte, gap between
+reads) and the whole exchange has a deadline: the smaller of the hub's
+``timeout`` and the target's. Both are cancel scopes inside this function, so
+a timeout is classified by the phase it hit: before the first byte of the
+request was written it is :class:`~trustelem_relay.TimeoutBeforeSending`
+(safe to retry), afterwards :class:`~trustelem_relay.TimeoutAfterSending`.
+The request counts as written from the moment its bytes are handed to the
+socket: when in doubt, say the target may have seen it. A cancellation from
+outside is not translated; the connection is closed on the way out.
+
+Deliberately not done
+~~~~~~~~~~~~~~~~~~~~~
+Redirects are relayed, never followed. Nothing is retried, not even on a
+kept-alive connection that the target closed just as it was reused. There is
+no ``Via`` or ``X-Forwarded-*`` header, no HTTP/2, no ``Upgrade`` and no
+``Expect: 100-continue`` (the whole body is at hand and is sent at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import attrs
+import h11
+import trio
+
+from ._errors import (
+    BadGateway,
+    RequestError,
+    RequestTooLarge,
+    ResponseTooLarge,
+    StreamProtocolError,
+    TargetUnreachable,
+    TimeoutAfterSending,
+    TimeoutBeforeSending,
+    TLSFailure,
+)
+from ._events import RequestHead, ResponseHead
+from ._forward_http import (
+    content_length,
+    host_of,
+    relayed_response_headers,
+    request_headers,
+)
+from ._forward_pool import ConnectionPool
+from ._forward_tls import client_context, pin_matches
+from ._policy import Target
+
+__all__ = ["CHUNK_SIZE", "ConnectionPool", "ForwardLimits", "ResponseSink", "forward"]
+
+log = logging.getLogger("trustelem_relay.forward")
+
+#: Largest piece handed to ``sink.send_data``, and the size of each read.
+CHUNK_SIZE = 64 * 1024
+
+#: How long closing the target's connection may take once we are cancelled.
+_CLOSE_GRACE = 1.0
+
+
+@attrs.frozen
+class ForwardLimits:
+    """Size and time limits for one forwarded request.
+
+    Sizes are bytes, times are seconds. The time limits apply per phase; the
+    request's overall deadline (the smaller of the hub's ``timeout`` and the
+    target's) applies on top of them.
+    """
+
+    #: Largest request body; a larger one is refused before dialling.
+    max_request_body: int = 1 << 20
+    #: Largest encoded request head (request line and headers).
+    max_request_head: int = 16 << 10
+    #: Largest response body, counted as it arrives.
+    max_response_body: int = 16 << 20
+    #: Largest response head (status line and headers).
+    max_response_head: int = 16 << 10
+    #: From the DNS lookup until the TCP connection is up.
+    connect_timeout: float = 10.0
+    #: The TLS handshake, certificate checks included.
+    tls_timeout: float = 10.0
+    #: Writing the whole request.
+    send_timeout: float = 30.0
+    #: From the end of the request until the first byte of the response.
+    first_byte_timeout: float = 55.0
+    #: Largest gap between two reads once the response has started.
+    body_idle_timeout: float = 30.0
+
+
+_DEFAULT_LIMITS = ForwardLimits()
+
+
+class ResponseSink(Protocol):
+    """Where :func:`forward` delivers the target's answer.
+
+    ``send_head`` is called once, then ``send_data`` zero or more times with
+    chunks of at most :data:`CHUNK_SIZE` bytes. The body is complete when
+    :func:`forward` returns normally; if it raises instead, the answer is
+    incomplete and must be abandoned.
+    """
+
+    async def send_head(self, head: ResponseHead) -> None:
+        """Relay the status line and headers."""
+
+    async def send_data(self, data: bytes) -> None:
+        """Relay one body chunk; may block until the receiver has room."""
+
+
+async def forward(
+    target: Target,
+    head: RequestHead,
+    body: bytes,
+    sink: ResponseSink,
+    *,
+    limits: ForwardLimits = _DEFAULT_LIMITS,
+    request_id: str = "-",
+    ssl_context_factory: Callable[[Target], ssl.SSLContext] | None = None,
+    pool: ConnectionPool | None = None,
+) -> None:
+    """Perform one request against *target* and stream the answer to *sink*.
+
+    The caller has already checked the request against the target's policy.
+    ``ssl_context_factory``, when given, replaces the built-in (cached)
+    construction of the SSL context; hostname checking and the SPKI pin still
+    follow the target's settings. With a *pool*, the connection is kept
+    alive and reused by later requests to the same destination; without one,
+    each request opens and closes its own.
+
+    Raises a :class:`~trustelem_relay.RequestError` subclass on any failure
+    (see ``docs/forwarding.md`` for the mapping); a cancellation from outside
+    propagates unchanged after the connection is closed.
+    """
+    exchange = _Exchange(target, head, sink, limits, request_id)
+
+    # Everything that can be refused is refused here, before any DNS lookup.
+    wire = exchange.encode_request(body, keep_alive=pool is not None)
+    context = exchange.ssl_context(ssl_context_factory) if exchange.tls else None
+
+    timeout = (
+        target.timeout if head.timeout is None else min(head.timeout, target.timeout)
+    )
+    with trio.move_on_after(max(timeout, 0.0)) as deadline:
+        await exchange.run(wire, context, pool)
+    if deadline.cancelled_caught:
+        raise exchange.timeout(f"the request's deadline of {timeout:g} s passed")
+
+
+# --------------------------------------------------------------------------
+# One exchange
+
+
+class _Exchange:
+    """The state of one request: its target, its phase and its h11 machine."""
+
+    def __init__(
+        self,
+        target: Target,
+        head: RequestHead,
+        sink: ResponseSink,
+        limits: ForwardLimits,
+        request_id: str,
+    ) -> None:
+        self.target = target
+        self.head = head
+        self.sink = sink
+        self.limits = limits
+        self.request_id = request_id
+        self.tls = head.scheme == "https"
+        # Set the moment request bytes are handed to the socket, and never
+        # cleared: from then on every failure may have reached the target.
+        self.wrote_request = False
+        self.h11 = h11.Connection(
+            our_role=h11.CLIENT, max_incomplete_event_size=limits.max_response_head
+        )
+
+    def fail(self, cls: type[RequestError], message: str) -> RequestError:
+        """An error of *cls* about this request, reached-flag from the phase."""
+        return cls(
+            message,
+            may_have_reached_target=self.wrote_request,
+            request_id=self.request_id,
+        )
+
+    def timeout(self, message: str) -> RequestError:
+        """The timeout error that fits the phase we are in."""
+        if self.wrote_request:
+            return self.fail(TimeoutAfterSending, message)
+        return self.fail(TimeoutBeforeSending, message)
+
+    @contextlib.contextmanager
+    def phase(self, seconds: float, what: str) -> Iterator[None]:
+        """Bound one phase by its own limit and translate running out of it."""
+        with trio.move_on_after(seconds) as scope:
+            yield
+        if scope.cancelled_caught:
+            raise self.timeout(f"{what} took longer than {seconds:g} s")
+
+    # ------------------------------------------------------------------
+    # Send the request
+
+    def encode_request(self, body: bytes, *, keep_alive: bool) -> bytes:
+        """Check the request and return its bytes, as h11 lays them out."""
+        head = self.head
+        if len(body) > self.limits.max_request_body:
+            raise self.fail(
+                RequestTooLarge,
+                f"the request body has {len(body)} bytes, over the limit of "
+                f"{self.limits.max_request_body}; nothing was sent",
+            )
+        try:
+            headers = request_headers(head, len(body), keep_alive=keep_alive)
+        except ValueError as exc:
+            raise self.invalid(str(exc)) from exc
+        try:
+            request = h11.Request(
+                method=head.method, target=head.path, headers=list(headers)
+            )
+            wire = self.h11.send(request) or b""
+            if body:
+                wire += self.h11.send(h11.Data(data=body)) or b""
+            wire += self.h11.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError as exc:
+            # The checks above mirror h11's, so this is a backstop only.
+            raise self.fail(
+                StreamProtocolError, "the request is not valid HTTP/1.1"
+            ) from exc
+        if len(wire) - len(body) > self.limits.max_request_head:
+            raise self.fail(
+                RequestTooLarge,
+                f"the request head is over the limit of "
+                f"{self.limits.max_request_head} bytes; nothing was sent",
+            )
+        return wire
+
+    def invalid(self, reason: str) -> RequestError:
+        """The hub asked for a request that cannot be written as HTTP/1.1."""
+        return self.fail(StreamProtocolError, f"refused to forward: {reason}")
+
+    def ssl_context(
+        self, factory: Callable[[Target], ssl.SSLContext] | None
+    ) -> ssl.SSLContext:
+        """The context for this target, from *factory* or from the cache."""
+        settings = self.target.tls
+        if not settings.verify:
+            log.warning(
+                "request %s: TLS certificate verification is disabled for "
+                "target %r; the connection is encrypted but the server is not "
+                "authenticated",
+                self.request_id,
+                self.target.name,
+            )
+        if factory is not None:
+            return factory(self.target)
+        try:
+            return client_context(settings.verify, settings.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise self.fail(
+                TLSFailure,
+                f"could not load the CA file {settings.ca_file} of target "
+                f"{self.target.name!r}: {_describe(exc)}; check the target's "
+                "ca_file setting",
+            ) from exc
+
+    async def run(
+        self, wire: bytes, context: ssl.SSLContext | None, pool: ConnectionPool | None
+    ) -> None:
+        """Connect (or reuse), send and receive; then close or keep the line."""
+        # The destination a pooled connection was made and verified for.
+        key = (self.target, self.head.scheme, self.server_hostname(), context)
+        stream = await pool.take(key) if pool is not None else None
+        reusable = False
+        try:
+            if stream is None:
+                stream = await self.open(context)
+            else:
+                log.debug(
+                    "request %s: reusing a kept-alive connection", self.request_id
+                )
+            await self.send(stream, wire)
+            await self.receive(stream)
+            reusable = self.can_reuse()
+        finally:
+            if stream is not None:
+                # Shielded so that a cancelled request still releases its
+                # socket, bounded so that a stuck peer cannot hold us here.
+                with trio.move_on_after(_CLOSE_GRACE, shield=True):
+                    if pool is not None and reusable:
+                        await pool.put(key, stream)
+                    else:
+                        await stream.aclose()
+
+    async def open(self, context: ssl.SSLContext | None) -> trio.abc.Stream:
+        """A new connection to the target, secured when *context* is given."""
+        tcp = await self.connect()
+        if context is None:
+            return tcp
+        # https_compatible: servers often close without close_notify, and
+        # h11 knows from the framing where the body ends.
+        tls = trio.SSLStream(
+            tcp, context, server_hostname=self.server_hostname(), https_compatible=True
+        )
+        try:
+            await self.handshake(tls)
+        except BaseException:
+            with trio.move_on_after(_CLOSE_GRACE, shield=True):
+                await tls.aclose()
+            raise
+        return tls
+
+    async def connect(self) -> trio.SocketStream:
+        """Open TCP to the declared address (never the URL's host)."""
+        target = self.target
+        log.debug(
+            "request %s: connecting to target %r at %s:%d",
+            self.request_id,
+            target.name,
+            target.host,
+            target.port,
+        )
+        try:
+            with self.phase(self.limits.connect_timeout, "connecting"):
+                return await trio.open_tcp_stream(target.host, target.port)
+        except OSError as exc:
+            raise self.fail(
+                TargetUnreachable,
+                f"could not connect to target {target.name!r} at "
+                f"{target.host}:{target.port}: {_describe(exc)}; check that the "
+                "service is running and that the declared address is right",
+            ) from exc
+
+    def server_hostname(self) -> str:
+        """The name the certificate must match: configured, or the URL's."""
+        configured: str | None = self.target.tls.server_name
+        return configured or host_of(self.head.authority)
+
+    async def handshake(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+        """Run the TLS handshake, then check the pin if the target has one."""
+        name = self.target.name
+        try:
+            with self.phase(self.limits.tls_timeout, "the TLS handshake"):
+                await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            raise self.fail(
+                TLSFailure,
+                f"the TLS handshake with target {name!r} failed: "
+                f"{_describe(exc.__cause__)}; check the server's certificate "
+                "and the target's CA file and server name",
+            ) from exc
+
+        pin: bytes | None = self.target.tls.pin_sha256
+        if pin is None:
+            return
+        try:
+            matches = pin_matches(stream.getpeercert(binary_form=True) or b"", pin)
+        except ValueError as exc:
+            raise self.fail(
+                TLSFailure, f"could not read the certificate of target {name!r}"
+            ) from exc
+        if not matches:
+            raise self.fail(
+                TLSFailure,
+                f"the public key of target {name!r} does not match its "
+                "pin_sha256; the server's key changed, or this is another server",
+            )
+
+    async def send(self, stream: trio.abc.Stream, wire: bytes) -> None:
+        """Write the whole request; from here on the target may have it."""
+        log.debug(
+            "request %s: sending %s (%d bytes) to target %r",
+            self.request_id,
+            self.head.method,
+            len(wire),
+            self.target.name,
+        )
+        # Counted as written before the call: a partial write cannot be told
+        # from a complete one, and a false "may have reached" is the safe side.
+        self.wrote_request = True
+        try:
+            with self.phase(self.limits.send_timeout, "sending the request"):
+                await stream.send_all(wire)
+        except (trio.BrokenResourceError, OSError) as exc:
+            raise self.fail(
+                BadGateway,
+                f"target {self.target.name!r} closed the connection while the "
+                "request was being sent",
+            ) from exc
+
+    # ------------------------------------------------------------------
+    # Receive the response
+
+    async def receive(self, stream: trio.abc.Stream) -> None:
+        """Relay the response to the sink until the end of its body."""
+        received = 0  # bytes read from the target, head included
+        relayed = 0  # body bytes handed to the sink
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise self.bad_response(exc) from exc
+
+            if event is h11.NEED_DATA:
+                data = await self.read(stream, first=received == 0)
+                received += len(data)
+                self.h11.receive_data(data)
+            elif isinstance(event, h11.InformationalResponse):
+                continue
+            elif isinstance(event, h11.Response):
+                await self.relay_head(event)
+            elif isinstance(event, h11.Data):
+                relayed += len(event.data)
+                if relayed > self.limits.max_response_body:
+                    raise self.body_too_large()
+                await self.relay_data(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                log.debug(
+                    "request %s: target %r answered with %d body bytes",
+                    self.request_id,
+                    self.target.name,
+                    relayed,
+                )
+                return
+            else:
+                # ConnectionClosed, or PAUSED, which only follows an end of
+                # message we would already have returned on.
+                raise self.bad_response(None)
+
+    async def read(self, stream: trio.abc.Stream, *, first: bool) -> bytes:
+        """One read from the target, bounded by the limit of its phase."""
+        if first:
+            seconds, what = self.limits.first_byte_timeout, "waiting for the answer"
+        else:
+            seconds, what = self.limits.body_idle_timeout, "waiting for more answer"
+        try:
+            with self.phase(seconds, what):
+                return bytes(await stream.receive_some(CHUNK_SIZE))
+        except (trio.BrokenResourceError, OSError) as exc:
+            raise self.fail(
+                BadGateway,
+                f"the connection to target {self.target.name!r} broke before "
+                "the answer was complete",
+            ) from exc
+
+    async def relay_head(self, response: h11.Response) -> None:
+        """Check the head's sizes, then pass the cleaned head to the sink."""
+        # h11 bounds a head that arrives over several reads; one that arrives
+        # whole in a single read is measured here (lines plus CRLFs).
+        size = len(response.reason) + 15
+        size += sum(len(name) + len(value) + 4 for name, value in response.headers)
+        if size > self.limits.max_response_head:
+            raise self.head_too_large()
+        declared = content_length(response.headers)
+        if declared is not None and declared > self.limits.max_response_body:
+            raise self.body_too_large()
+
+        headers = relayed_response_headers(response.headers)
+        log.debug(
+            "request %s: target %r answered %d",
+            self.request_id,
+            self.target.name,
+            response.status_code,
+        )
+        await self.sink.send_head(
+            ResponseHead(
+                status=response.status_code,
+                headers=headers,
+                reason=bytes(response.reason),
+            )
+        )
+
+    async def relay_data(self, data: bytes) -> None:
+        """Pass body bytes to the sink in chunks of at most CHUNK_SIZE."""
+        if len(data) <= CHUNK_SIZE:
+            await self.sink.send_data(data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), CHUNK_SIZE):
+            await self.sink.send_data(bytes(view[start : start + CHUNK_SIZE]))
+
+    def body_too_large(self) -> RequestError:
+        return self.fail(
+            ResponseTooLarge,
+            f"the answer of target {self.target.name!r} is over the limit of "
+            f"{self.limits.max_response_body} bytes",
+        )
+
+    def head_too_large(self) -> RequestError:
+        return self.fail(
+            ResponseTooLarge,
+            f"the response head of target {self.target.name!r} is over the "
+            f"limit of {self.limits.max_response_head} bytes",
+        )
+
+    def bad_response(self, exc: h11.RemoteProtocolError | None) -> RequestError:
+        """Translate a broken answer; h11's text may quote the target's bytes."""
+        # 431 is h11's hint for a head that outgrew max_incomplete_event_size.
+        if exc is not None and exc.error_status_hint == 431:
+            return self.head_too_large()
+        return self.fail(
+            BadGateway,
+            f"target {self.target.name!r} closed the connection or sent "
+            "something that is not HTTP/1.1 before the answer was complete",
+        )
+
+    def can_reuse(self) -> bool:
+        """Whether the connection may carry another request after this one.
+
+        Both sides must have finished cleanly without asking to close, and
+        nothing may follow the response: a fresh h11 machine would read
+        those bytes as the start of the next answer.
+        """
+        conn = self.h11
+        return (
+            conn.our_state is h11.DONE
+            and conn.their_state is h11.DONE
+            and conn.trailing_data == (b"", False)
+        )
+
+
+# --------------------------------------------------------------------------
+# Helpers
+
+
+def _describe(exc: BaseException | None) -> str:
+    """A short, secret-free reason for a socket or TLS error."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason).replace("_", " ").lower()
+    if isinstance(exc, OSError):
+        # open_tcp_stream reports every attempt in a group under its cause.
+        cause = exc.__cause__
+        if exc.strerror is None and isinstance(cause, BaseExceptionGroup):
+            return "; ".join(_describe(e) for e in cause.exceptions)
+        return exc.strerror or str(exc)
+    if exc is None:
+        return "the connection was closed during the handshake"
+    return type(exc).__name__

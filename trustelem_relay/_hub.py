@@ -1,0 +1,672 @@
+"""The hub: accepts agents' websockets and relays requests through them.
+
+Theory of operation
+-------------------
+:meth:`Hub.serve` listens for agents. Each websocket runs one
+:class:`._mux.Connection` in hub role inside a :class:`._link.Link`; the
+handshake resolves the agent's lookup id through the store, and once the
+agent has described itself (INFO) the session joins the *registry*: the
+live sessions of each service. A new session from an agent id that already
+has one replaces the old one at once (the old one is a stale leftover of a
+connection that died without a goodbye).
+
+:meth:`Hub.request` picks the least busy live session of the service that is
+not draining, opens a stream, sends the body as the flow-control windows
+allow and waits for the answer. Every failure is a
+:class:`~._errors.RequestError` that says whether the target may have seen
+the request. When a session dies before the REQUEST frame left this process,
+nothing reached anyone, and an idempotent request is tried once more on
+another session; a POST or PATCH never is.
+
+A watcher polls the store so that a service rotated or deleted from another
+process (``hub rotate-service``) has its live sessions closed within
+``rotation_poll`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import ssl
+import urllib.parse
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import attrs
+import trio
+from trio_websocket import WebSocketConnection, WebSocketRequest, serve_websocket
+
+from ._errors import (
+    AgentUnavailable,
+    ConfigError,
+    LocalProtocolError,
+    Overloaded,
+    RequestError,
+    RequestTooLarge,
+    ResponseTooLarge,
+    SessionLost,
+    StreamErrorCode,
+    TimeoutAfterSending,
+    TimeoutBeforeSending,
+    error_for_code,
+)
+from ._events import (
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    HandshakeComplete,
+    InfoReceived,
+    RequestHead,
+    ResponseHead,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+)
+from ._frames import MAX_FRAME_LENGTH
+from ._hubconfig import HubLimits
+from ._hubstore import AgentSession, HubStore, MemoryStore, ServiceKeys, SQLiteStore
+from ._keys import lookup_id, validate_service_id
+from ._link import CLOSE_REPLACED, CLOSE_ROTATED, Link, LinkClosed
+from ._mux import Connection, ConnectionState, Role
+from ._version import __version__
+
+logger = logging.getLogger("trustelem_relay.hub")
+
+#: Methods that may be retried when nothing left the hub.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+@attrs.frozen
+class Response:
+    """What :meth:`Hub.request` returns."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    reason: str = ""
+    request_id: str = ""
+
+
+@attrs.frozen
+class ServiceInfo:
+    """A newly created or rotated service. ``service_id`` is shown once."""
+
+    name: str
+    service_id: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class AgentInfo:
+    """One connected agent, as the hub sees it."""
+
+    session_id: str
+    agent_id: str
+    version: str
+    hostname: str
+    targets: tuple[str, ...]
+    since: datetime
+    peer: str
+    in_flight: int
+    draining: bool
+
+
+class _Pending:
+    """One request waiting for its answer."""
+
+    def __init__(self, request_id: str, max_body: int) -> None:
+        self.request_id = request_id
+        self.head: ResponseHead | None = None
+        self.body = bytearray()
+        self.max_body = max_body
+        self.error: RequestError | None = None
+        self.done = trio.Event()
+
+
+class _Session:
+    """One agent's live session inside the hub."""
+
+    def __init__(self, hub: Hub, link: Link, peer: str) -> None:
+        self.hub = hub
+        self.link = link
+        self.peer = peer
+        self.session_id = secrets.token_hex(4)
+        self.keys: ServiceKeys | None = None
+        self.agent_id = ""
+        self.version = ""
+        self.hostname = ""
+        self.targets: tuple[str, ...] = ()
+        self.since = datetime.now(UTC)
+        self.ready = False
+        self.draining = False
+        self.pending: dict[int, _Pending] = {}
+
+    @property
+    def service_name(self) -> str:
+        return self.keys.service_name if self.keys else "?"
+
+    def info(self) -> AgentInfo:
+        return AgentInfo(
+            session_id=self.session_id,
+            agent_id=self.agent_id,
+            version=self.version,
+            hostname=self.hostname,
+            targets=self.targets,
+            since=self.since,
+            peer=self.peer,
+            in_flight=len(self.pending),
+            draining=self.draining,
+        )
+
+    def usable(self) -> bool:
+        return self.ready and not self.draining and self.link.is_open
+
+    # Events arrive here in order, from the link's reader task.
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, DataReceived):
+            self._on_data(event)
+        elif isinstance(event, ResponseReceived):
+            pending = self.pending.get(event.stream_id)
+            if pending is not None:
+                pending.head = event.head
+        elif isinstance(event, StreamEnded):
+            pending = self.pending.pop(event.stream_id, None)
+            if pending is not None:
+                pending.done.set()
+                self.hub._changed()
+        elif isinstance(event, StreamReset):
+            pending = self.pending.pop(event.stream_id, None)
+            if pending is not None:
+                pending.error = error_for_code(
+                    event.code,
+                    f"the agent answered: {event.message}",
+                    may_have_reached_target=event.may_have_reached_target,
+                    request_id=pending.request_id,
+                )
+                pending.done.set()
+                self.hub._changed()
+        elif isinstance(event, HandshakeComplete):
+            self.link.conn.send_info({"session": self.session_id, "hub": __version__})
+        elif isinstance(event, InfoReceived):
+            self.hub._register(self, event.info)
+        elif isinstance(event, GoAwayReceived):
+            self.draining = True
+            logger.info("[%s] agent %s is draining", self.session_id, self.agent_id)
+            self.hub._changed()
+
+    def _on_data(self, event: DataReceived) -> None:
+        conn = self.link.conn
+        pending = self.pending.get(event.stream_id)
+        if pending is None:
+            conn.acknowledge_data(event.stream_id, len(event.data))
+            return
+        pending.body += event.data
+        conn.acknowledge_data(event.stream_id, len(event.data))
+        if len(pending.body) > pending.max_body:
+            conn.reset_stream(
+                event.stream_id,
+                StreamErrorCode.RESPONSE_TOO_LARGE,
+                "response over the hub's limit",
+            )
+            self.pending.pop(event.stream_id, None)
+            pending.body = bytearray()
+            pending.error = ResponseTooLarge(
+                f"the response is over {pending.max_body} bytes",
+                request_id=pending.request_id,
+            )
+            pending.done.set()
+
+    def fail_all(self, reason: str) -> None:
+        for pending in self.pending.values():
+            pending.error = SessionLost(
+                f"the session to the agent was lost ({reason})",
+                request_id=pending.request_id,
+            )
+            pending.done.set()
+        self.pending.clear()
+
+
+class Hub:
+    """The identity service's side of the relay; see the module docstring.
+
+    ``store`` is a :class:`HubStore`, a path to a SQLite file, or None for
+    an in-memory store.
+    """
+
+    def __init__(
+        self,
+        store: HubStore | str | Path | None = None,
+        *,
+        limits: HubLimits | None = None,
+        path: str = "/v1/connect",
+        handshake_timeout: float = 15.0,
+        rotation_poll: float = 2.0,
+    ) -> None:
+        if store is None:
+            store = MemoryStore()
+        elif isinstance(store, str | Path):
+            store = MemoryStore() if str(store) == ":memory:" else SQLiteStore(store)
+        self.store: HubStore = store
+        self.limits = limits or HubLimits()
+        self.path = path
+        self.handshake_timeout = handshake_timeout
+        self.rotation_poll = rotation_poll
+        self._registry: dict[str, list[_Session]] = {}
+        # Replaced on every change of the registry; waiters re-check.
+        self._changed_event = trio.Event()
+
+    def __repr__(self) -> str:
+        live = sum(len(s) for s in self._registry.values())
+        return f"<Hub {live} agent session(s)>"
+
+    # ------------------------------------------------------------------
+    # Services
+
+    def create_service(self, name: str) -> ServiceInfo:
+        """Create a service; the returned ``service_id`` is shown only now."""
+        service, service_id = self.store.create_service(name)
+        return ServiceInfo(service.name, service_id)
+
+    def rotate_service(self, name: str) -> ServiceInfo:
+        """Issue a new service_id and close the sessions of the old one."""
+        service, service_id = self.store.rotate_service(name)
+        self._close_service(name, "service_id rotated", CLOSE_ROTATED)
+        return ServiceInfo(service.name, service_id)
+
+    def agents(self, service_id: str) -> list[AgentInfo]:
+        """The agents connected for a service, ready or not."""
+        name = self._service_name(service_id)
+        return [s.info() for s in self._registry.get(name, []) if s.ready]
+
+    def _service_name(self, service_id: str) -> str:
+        validate_service_id(service_id)
+        keys = self.store.resolve_lookup(lookup_id(service_id))
+        if keys is None:
+            raise ConfigError("no service has this service_id (rotated or deleted?)")
+        return keys.service_name
+
+    def _close_service(self, name: str, reason: str, code: int) -> None:
+        for session in list(self._registry.get(name, [])):
+            logger.info("[%s] closing: %s", session.session_id, reason)
+            session.link.close(reason, code)
+
+    def _changed(self) -> None:
+        self._changed_event.set()
+        self._changed_event = trio.Event()
+
+    # ------------------------------------------------------------------
+    # The registry
+
+    def _register(self, session: _Session, info: dict[str, object]) -> None:
+        if session.ready or session.keys is None:
+            return
+        session.agent_id = _text(info.get("agent_id"), 32) or session.session_id
+        session.version = _text(info.get("version"), 32)
+        session.hostname = _text(info.get("hostname"), 255)
+        targets = info.get("targets")
+        if isinstance(targets, list):
+            session.targets = tuple(_text(t, 63) for t in targets[:256])
+        name = session.keys.service_name
+
+        # A new session of the same agent replaces its stale one at once.
+        sessions = self._registry.setdefault(name, [])
+        for old in list(sessions):
+            if old.agent_id == session.agent_id:
+                logger.info(
+                    "[%s] replaced by session %s of the same agent",
+                    old.session_id,
+                    session.session_id,
+                )
+                sessions.remove(old)
+                old.link.close("replaced by a new session", CLOSE_REPLACED)
+        sessions.append(session)
+        session.ready = True
+        self.store.record_session(
+            AgentSession(
+                session_id=session.session_id,
+                service_name=name,
+                agent_id=session.agent_id,
+                version=session.version,
+                hostname=session.hostname,
+                targets=session.targets,
+                since=session.since,
+                peer=session.peer,
+            )
+        )
+        logger.info(
+            "[%s] agent %s (%s, version %s) connected for service %s from %s",
+            session.session_id,
+            session.agent_id,
+            session.hostname,
+            session.version,
+            name,
+            session.peer,
+        )
+        self._changed()
+
+    def _unregister(self, session: _Session, reason: str) -> None:
+        sessions = self._registry.get(session.service_name, [])
+        if session in sessions:
+            sessions.remove(session)
+        if session.ready:
+            self.store.remove_session(session.session_id)
+            logger.info(
+                "[%s] agent %s disconnected: %s",
+                session.session_id,
+                session.agent_id,
+                reason,
+            )
+        session.fail_all(reason)
+        self._changed()
+
+    async def wait_agent(self, service_id: str, timeout: float = 10) -> AgentInfo:
+        """Wait until an agent of the service is connected and ready."""
+        name = self._service_name(service_id)
+        with trio.move_on_after(timeout):
+            while True:
+                for session in self._registry.get(name, []):
+                    if session.usable():
+                        return session.info()
+                await self._changed_event.wait()
+        raise AgentUnavailable(
+            f"no agent of service {name} connected within {timeout:g} s"
+        )
+
+    # ------------------------------------------------------------------
+    # Serving agents
+
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen for agents on ``host:port``; report the bound port."""
+        self.store.clear_sessions()
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                lambda task_status: serve_websocket(
+                    self._handle,
+                    host,
+                    port,
+                    ssl_context,
+                    max_message_size=MAX_FRAME_LENGTH + 4,
+                    receive_buffer_size=256 * 1024,
+                    task_status=task_status,
+                )
+            )
+            nursery.start_soon(self._watch_rotation)
+            logger.info(
+                "hub listening for agents on %s:%d%s (%s)",
+                host,
+                server.port,
+                self.path,
+                "wss" if ssl_context else "ws",
+            )
+            task_status.started(server.port)
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        if urllib.parse.urlsplit(request.path).path != self.path:
+            await request.reject(404)
+            return
+        ws = await request.accept()
+        remote = ws.remote
+        peer = f"{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"
+        await self._run_session(ws, peer)
+
+    async def _run_session(self, ws: WebSocketConnection, peer: str) -> None:
+        session: _Session
+
+        def resolve(lookup: bytes) -> bytes | None:
+            keys = self.store.resolve_lookup(lookup)
+            session.keys = keys
+            return None if keys is None else keys.psk
+
+        conn = Connection(Role.HUB, resolve=resolve, clock=trio.current_time)
+        link = Link(
+            conn,
+            ws,
+            on_event=lambda event: session.on_event(event),
+            log=logging.LoggerAdapter(logger, {}),
+        )
+        session = _Session(self, link, peer)
+        limits = self.limits
+
+        async with trio.open_nursery() as nursery:
+
+            async def handshake_deadline() -> None:
+                await trio.sleep(self.handshake_timeout)
+                if not session.ready:
+                    link.close("the agent did not finish the handshake in time")
+
+            nursery.start_soon(handshake_deadline)
+            try:
+                reason = await link.run(
+                    heartbeat=(limits.heartbeat_interval, limits.heartbeat_timeout)
+                )
+            finally:
+                self._unregister(session, link.closed_reason or "closed")
+            nursery.cancel_scope.cancel()
+        if link.error is not None and conn.state is ConnectionState.CLOSED:
+            logger.info("[%s] from %s refused: %s", session.session_id, peer, reason)
+
+    async def _watch_rotation(self) -> None:
+        while True:
+            await trio.sleep(self.rotation_poll)
+            for name, sessions in list(self._registry.items()):
+                for session in list(sessions):
+                    keys = session.keys
+                    if keys is None:
+                        continue
+                    current = self.store.resolve_lookup(keys.lookup_id)
+                    if current is None or current.generation != keys.generation:
+                        logger.info(
+                            "[%s] service %s was rotated or deleted; closing",
+                            session.session_id,
+                            name,
+                        )
+                        session.link.close("service_id rotated", CLOSE_ROTATED)
+
+    # ------------------------------------------------------------------
+    # Relaying requests
+
+    def _pick(self, name: str, exclude: Iterable[_Session]) -> _Session | None:
+        candidates = [
+            s
+            for s in self._registry.get(name, [])
+            if s.usable()
+            and s not in exclude
+            and len(s.pending) < self.limits.max_in_flight
+        ]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda s: len(s.pending))
+
+    async def request(
+        self,
+        service_id: str,
+        target: str,
+        method: str,
+        url: str,
+        *,
+        headers: Iterable[tuple[str | bytes, str | bytes]] = (),
+        body: bytes = b"",
+        timeout: float | None = None,
+    ) -> Response:
+        """Relay one request to ``target`` through an agent of the service.
+
+        ``url`` is the application's URL (its host is used for the Host
+        header and TLS verification; the agent dials the target's declared
+        address). Raises a :class:`RequestError` subclass on any failure.
+        """
+        name = self._service_name(service_id)
+        if timeout is None:
+            timeout = self.limits.request_timeout
+        deadline = trio.current_time() + timeout
+        if len(body) > self.limits.max_request_body:
+            raise RequestTooLarge(
+                f"request body of {len(body)} bytes is over the limit of "
+                f"{self.limits.max_request_body}"
+            )
+        head = _request_head(method, url, headers)
+        tried: list[_Session] = []
+
+        while True:
+            session = self._pick(name, tried)
+            if session is None:
+                if tried:
+                    raise SessionLost(
+                        "the agent's session was lost before the request was sent "
+                        "and no other agent is available",
+                        may_have_reached_target=False,
+                    )
+                if any(s.usable() for s in self._registry.get(name, [])):
+                    raise Overloaded(
+                        f"every agent of service {name} already has "
+                        f"{self.limits.max_in_flight} requests in flight"
+                    )
+                raise AgentUnavailable(f"no agent of service {name} is available")
+            tried.append(session)
+            try:
+                return await self._request_on(session, target, head, body, deadline)
+            except SessionLost as exc:
+                if exc.may_have_reached_target or head.method not in IDEMPOTENT:
+                    raise
+                logger.info("%s; trying another agent", exc)
+
+    async def _request_on(
+        self,
+        session: _Session,
+        target: str,
+        head: RequestHead,
+        body: bytes,
+        deadline: float,
+    ) -> Response:
+        link = session.link
+        conn = link.conn
+        head = attrs.evolve(head, timeout=max(0.001, deadline - trio.current_time()))
+        try:
+            stream_id = conn.open_stream(target, head, end_stream=not body)
+        except LocalProtocolError as exc:
+            if session.draining or not link.is_open:
+                raise SessionLost(
+                    "the agent's session is going away",
+                    may_have_reached_target=False,
+                ) from exc
+            raise RequestError(str(exc), may_have_reached_target=False) from exc
+        request_id = f"{session.session_id}.{stream_id}"
+        pending = _Pending(request_id, self.limits.max_response_body)
+        session.pending[stream_id] = pending
+        sequence = link.flush()
+        self._changed()
+        logger.debug(
+            "[%s] %s %s to target %s",
+            request_id,
+            head.method,
+            head.path.split("?", 1)[0],
+            target,
+        )
+
+        try:
+            with trio.fail_at(deadline):
+                await self._send_body(link, stream_id, body)
+                await pending.done.wait()
+        except trio.TooSlowError:
+            session.pending.pop(stream_id, None)
+            if link.is_open:
+                conn.reset_stream(stream_id, StreamErrorCode.CANCELLED, "deadline")
+                link.flush()
+            if link.was_sent(sequence):
+                raise TimeoutAfterSending(
+                    "no complete answer before the deadline",
+                    request_id=request_id,
+                ) from None
+            raise TimeoutBeforeSending(
+                "the request could not be sent before the deadline",
+                request_id=request_id,
+            ) from None
+        except LinkClosed:
+            pending.error = pending.error or SessionLost(
+                f"the session to the agent was lost ({link.closed_reason})",
+                request_id=request_id,
+            )
+        except BaseException:
+            # Cancelled by our caller: tell the agent to stop.
+            session.pending.pop(stream_id, None)
+            if link.is_open and conn.stream_state(stream_id) is not None:
+                conn.reset_stream(stream_id, StreamErrorCode.CANCELLED, "cancelled")
+                link.flush()
+            raise
+        finally:
+            self._changed()
+
+        if pending.error is not None:
+            error = pending.error
+            if isinstance(error, SessionLost) and not link.was_sent(sequence):
+                error.may_have_reached_target = False
+            raise error
+        assert pending.head is not None
+        response_head = pending.head
+        return Response(
+            status=response_head.status,
+            headers=[
+                (k.decode("latin-1"), v.decode("latin-1"))
+                for k, v in response_head.headers
+            ],
+            body=bytes(pending.body),
+            reason=response_head.reason.decode("latin-1"),
+            request_id=request_id,
+        )
+
+    async def _send_body(self, link: Link, stream_id: int, body: bytes) -> None:
+        if not body:
+            return
+        view = memoryview(body)
+        conn = link.conn
+        while view:
+            window = await link.wait_send_window(stream_id)
+            chunk, view = view[:window], view[window:]
+            conn.send_data(stream_id, bytes(chunk), end_stream=not view)
+            link.flush()
+
+
+def _text(value: object, limit: int) -> str:
+    """Untrusted text from an agent, made safe for logs and listings."""
+    if not isinstance(value, str):
+        return ""
+    return "".join(c if c.isprintable() else "?" for c in value[:limit])
+
+
+def _request_head(
+    method: str, url: str, headers: Iterable[tuple[str | bytes, str | bytes]]
+) -> RequestHead:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise RequestError(
+            f"the URL must be http:// or https:// with a host, got {parts.scheme}://",
+            may_have_reached_target=False,
+        )
+    if parts.username or parts.password:
+        raise RequestError(
+            "credentials in the URL are not supported; send a header",
+            may_have_reached_target=False,
+        )
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    wire = tuple(
+        (
+            (n.encode("latin-1") if isinstance(n, str) else n).lower(),
+            v.encode("latin-1") if isinstance(v, str) else v,
+        )
+        for n, v in headers
+    )
+    return RequestHead(
+        method=method.upper(),
+        scheme=parts.scheme,
+        authority=parts.netloc,
+        path=path,
+        headers=wire,
+    )

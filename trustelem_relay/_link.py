@@ -1,0 +1,240 @@
+"""One relay session over one websocket, in Trio.
+
+Theory of operation
+-------------------
+A :class:`Link` drives a sans-IO :class:`~._mux.Connection` over a
+trio-websocket connection. It owns two loops that run in the session's
+nursery:
+
+* the *reader* takes each websocket message, feeds it to the connection and
+  hands every event to the role's handler (agent or hub), synchronously, so
+  events of one stream keep their order;
+* the *writer* is the only task that sends. Code anywhere calls
+  :meth:`Link.flush` after touching the connection; the writer then sends
+  the queued frames, in the order they were sealed (their counters demand
+  it), several per wake-up.
+
+A third loop sends heartbeats: a PING every ``interval`` seconds; when no
+frame at all arrives within ``deadline`` seconds after it, the link is
+declared dead and closed. Any frame counts as a sign of life, so a busy link
+never times out behind its own traffic.
+
+Tasks that want to send a body wait in :meth:`Link.wait_send_window` until
+the peer's WINDOW frames give them credit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from ._errors import RemoteProtocolError
+from ._events import Event, PongReceived, WindowUpdated
+from ._mux import Connection, ConnectionState
+
+#: Websocket close codes used by the runtime (4000-4999 are private use).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_REPLACED = 4001
+CLOSE_ROTATED = 4002
+CLOSE_DEAD = 4008
+
+
+class LinkClosed(Exception):
+    """The link is gone; ``reason`` says why, for logs and errors."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Link:
+    """A running session. Create it once the websocket is open."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        ws: WebSocketConnection,
+        *,
+        on_event: Callable[[Event], None],
+        log: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self.conn = conn
+        self.ws = ws
+        self.log = log
+        self._on_event = on_event
+        # Frames taken from the connection and not yet written.
+        self._outgoing: deque[bytes] = deque()
+        self._wake_writer = trio.Event()
+        # Replaced each time credit arrives; waiters re-check their window.
+        self._window_changed = trio.Event()
+        self._pong = trio.Event()
+        #: Frames taken from the connection / written to the websocket.
+        self.frames_queued = 0
+        self.frames_sent = 0
+        #: Why the link ended, once it has.
+        self.closed_reason: str | None = None
+        self._closed = trio.Event()
+        self._close_code = CLOSE_NORMAL
+        #: The protocol error that ended the link, if one did.
+        self.error: RemoteProtocolError | None = None
+        self._scope = trio.CancelScope()
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # ------------------------------------------------------------------
+    # Sending
+
+    def flush(self) -> int:
+        """Move the connection's queued frames to the writer.
+
+        Returns the sequence number of the last frame queued, so a caller
+        can later ask :meth:`was_sent` whether it left this process.
+        """
+        frames = self.conn.data_to_send()
+        if frames:
+            self._outgoing.extend(frames)
+            self.frames_queued += len(frames)
+            self._wake_writer.set()
+        return self.frames_queued
+
+    def was_sent(self, sequence: int) -> bool:
+        """Whether frame number ``sequence`` was written to the websocket."""
+        return self.frames_sent >= sequence
+
+    async def _writer(self) -> None:
+        ws = self.ws
+        outgoing = self._outgoing
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer = trio.Event()
+            while outgoing:
+                await ws.send_message(outgoing.popleft())
+                self.frames_sent += 1
+
+    async def wait_send_window(self, stream_id: int) -> int:
+        """Wait until the stream may send; return how many bytes.
+
+        Raises :class:`LinkClosed` if the link ends, or if the stream is
+        gone (reset by the peer) while waiting.
+        """
+        while True:
+            if self.is_closed:
+                raise LinkClosed(self.closed_reason or "closed")
+            if self.conn.stream_state(stream_id) is None:
+                raise LinkClosed(f"stream {stream_id} was reset")
+            window = self.conn.send_window(stream_id)
+            if window > 0:
+                return window
+            await self._window_changed.wait()
+
+    def wake_senders(self) -> None:
+        """Make every task in :meth:`wait_send_window` look again."""
+        self._window_changed.set()
+        self._window_changed = trio.Event()
+
+    # ------------------------------------------------------------------
+    # Receiving
+
+    async def _reader(self) -> None:
+        conn = self.conn
+        while True:
+            message = await self.ws.get_message()
+            if isinstance(message, str):
+                message = message.encode("utf-8")
+            events = conn.receive_data(message)
+            for event in events:
+                if isinstance(event, WindowUpdated):
+                    self.wake_senders()
+                elif isinstance(event, PongReceived):
+                    self._pong.set()
+                self._on_event(event)
+            self.flush()
+
+    async def _heartbeat(self, interval: float, deadline: float) -> None:
+        sequence = 0
+        while True:
+            await trio.sleep(interval)
+            sequence += 1
+            self._pong = trio.Event()
+            sent_at = trio.current_time()
+            self.conn.ping(sequence.to_bytes(8, "big"))
+            self.flush()
+            with trio.move_on_after(deadline):
+                await self._pong.wait()
+            if not self._pong.is_set() and self.conn.last_received < sent_at:
+                raise LinkClosed(f"no answer to a heartbeat within {deadline:g} s")
+
+    # ------------------------------------------------------------------
+    # Running
+
+    async def run(
+        self,
+        *,
+        heartbeat: tuple[float, float] | None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> str:
+        """Run the loops until the link ends; return why it ended.
+
+        Protocol errors close the websocket with the error's close code;
+        the error is logged, not raised: for the caller a dead link is a
+        normal outcome. :meth:`close` ends it from outside.
+        """
+        reason = "closed"
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    if heartbeat is not None:
+                        nursery.start_soon(self._heartbeat, *heartbeat)
+                    task_status.started()
+                    await self._reader()
+        except ConnectionClosed as exc:
+            reason = "websocket closed"
+            if exc.reason is not None:
+                reason += f" by the peer ({exc.reason.code} {exc.reason.reason or ''})"
+        except RemoteProtocolError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self.error = exc
+            self._close_code = exc.close_code
+            self.log.warning("session ended by a protocol error: %s", reason)
+        except LinkClosed as exc:
+            reason = exc.reason
+            self._close_code = CLOSE_DEAD
+        finally:
+            self.closed_reason = self.closed_reason or reason
+            self._closed.set()
+            self.wake_senders()
+            await self._close_websocket()
+        return self.closed_reason
+
+    def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
+        """End the link from outside: the websocket closes with ``code``."""
+        if self.closed_reason is None:
+            self.closed_reason = reason
+            self._close_code = code
+        self._scope.cancel()
+
+    async def _close_websocket(self) -> None:
+        # A last frame (a REJECT) may still be queued for the peer.
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            for frame in self.conn.data_to_send():
+                try:
+                    await self.ws.send_message(frame)
+                except ConnectionClosed:
+                    break
+            self.conn.close()
+            await self.ws.aclose(self._close_code, (self.closed_reason or "")[:100])
+
+    @property
+    def is_open(self) -> bool:
+        return not self.is_closed and self.conn.state is ConnectionState.OPEN
