@@ -8,6 +8,7 @@ docs/testing.md).
 from support.leaks import no_resource_warnings
 from support.listener import counting_listener
 from support.proxy import connect_proxy
+from support.relay import relay_kit, relay_log
 from support.scim import scim_server, scim_server_with_token, scim_tls_server
 from support.tls import ca_file, other_tls, tls
 
@@ -17,6 +18,8 @@ __all__ = [
     "counting_listener",
     "no_resource_warnings",
     "other_tls",
+    "relay_kit",
+    "relay_log",
     "scim_server",
     "scim_server_with_token",
     "scim_tls_server",

@@ -28,6 +28,7 @@ from trustelem_relay import ConfigError, RelayError
 from trustelem_relay._dial import (
     HubConnectError,
     _parse_hub_url,
+    _parse_proxy_url,
     hub_ssl_context,
     open_hub_stream,
     open_hub_websocket,
@@ -492,6 +493,14 @@ async def test_invalid_proxy_url_is_permanent_and_not_echoed(proxy: str) -> None
     assert caught.value.permanent
     for text in texts_of(caught.value):
         assert "pa55" not in text
+
+
+def test_parsed_proxy_hides_the_password_in_its_repr() -> None:
+    proxy = _parse_proxy_url(f"https://{PROXY_USER}:s%3Acret@proxy.corp:3128")
+    assert proxy.authorization == f"Basic {basic_token('s:cret')}"
+    assert proxy.display == f"https://{PROXY_USER}:***@proxy.corp:3128"
+    assert "cret" not in repr(proxy)
+    assert basic_token("s:cret") not in repr(proxy)
 
 
 def test_hub_ssl_context_with_a_missing_bundle(tmp_path: pathlib.Path) -> None:

@@ -15,7 +15,9 @@ session's nursery. Before anything else, the task asks the target policy
 concurrency limits whether it may go now; a refusal is a typed RESET sent at
 once, and nothing is dialled. The request body is collected (it is bounded
 at 1 MiB), then :func:`._forward.forward` performs the call and streams the
-answer back, chunk by chunk as the hub's flow-control windows allow.
+answer back, chunk by chunk as the hub's flow-control windows allow. Each
+session keeps a :class:`._forward_pool.ConnectionPool`, so that requests to a
+target reuse kept-alive connections instead of dialling every time.
 
 :meth:`Agent.drain` stops taking requests (GOAWAY to the hub), lets the ones
 in flight finish within the grace period, then closes the session and makes
@@ -62,7 +64,7 @@ from ._events import (
     StreamEnded,
     StreamReset,
 )
-from ._forward import ForwardLimits, forward
+from ._forward import ConnectionPool, ForwardLimits, forward
 from ._frames import MAX_FRAME_LENGTH
 from ._link import CLOSE_GOING_AWAY, Link, LinkClosed
 from ._mux import Connection, Role
@@ -169,6 +171,8 @@ class Agent:
         self._drained = trio.Event()
         self._status_dirty = trio.Event()
         self._session_nursery: trio.Nursery | None = None
+        # Kept-alive connections to targets, one pool per session.
+        self._pool: ConnectionPool | None = None
         self._session_tag = "-"
         self._first_up: trio.TaskStatus[None] | None = None
 
@@ -252,7 +256,8 @@ class Agent:
         self._write_status()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._status_writer)
-            while True:
+            # Checked again after each backoff: drain() may come during it.
+            while not self._drained.is_set():
                 started = trio.current_time()
                 permanent = await self._one_session()
                 self.status.connected = False
@@ -316,6 +321,8 @@ class Agent:
             try:
                 return await self._run_link(ws)
             finally:
+                # When the hub closed first, the websocket leaves it open.
+                await trio.aclose_forcefully(stream)
                 nursery.cancel_scope.cancel()
 
     async def _run_link(self, ws: WebSocketConnection) -> bool:
@@ -332,9 +339,13 @@ class Agent:
         self._session_tag = "-"
         settings = self.settings
         link.flush()
+        if self._draining:
+            # drain() came while the websocket was opening: no new session.
+            link.close("agent drained", CLOSE_GOING_AWAY)
 
-        async with trio.open_nursery() as session:
+        async with ConnectionPool() as pool, trio.open_nursery() as session:
             self._session_nursery = session
+            self._pool = pool
 
             async def handshake_deadline() -> None:
                 await trio.sleep(settings.handshake_timeout)
@@ -348,6 +359,7 @@ class Agent:
             session.cancel_scope.cancel()
         self._link = None
         self._session_nursery = None
+        self._pool = None
         for exchange in self._exchanges.values():
             exchange.scope.cancel()
 
@@ -517,6 +529,7 @@ class Agent:
                     exchange,
                     limits=self.settings.forward,
                     request_id=exchange.request_id,
+                    pool=self._pool,
                 )
                 exchange.body = bytearray()
                 if conn.stream_state(stream_id) is not None:

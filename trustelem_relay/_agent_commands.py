@@ -121,6 +121,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add ``run`` and ``status`` to the command line."""
+    from ._cli import add_config_option
+
     run = subparsers.add_parser(
         "run",
         help="run the agent in the foreground",
@@ -131,6 +133,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             " A second signal stops at once (exit 130)."
         ),
     )
+    add_config_option(run)
     run.set_defaults(func=cmd_run)
     status = subparsers.add_parser(
         "status",
@@ -142,4 +145,5 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             " agent runs and is connected."
         ),
     )
+    add_config_option(status)
     status.set_defaults(func=cmd_status)

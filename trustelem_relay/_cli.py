@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 
 import attrs
 
-from . import _agent_commands, _demo, _hub_commands
+from . import _agent_commands, _demo, _doctor, _hub_commands
 from ._config import AgentConfig, list_targets, remove_target, set_target
 from ._errors import ConfigError, RelayError
 from ._policy import Target
@@ -74,6 +74,21 @@ def agent_config_path(args: argparse.Namespace) -> pathlib.Path:
     """The agent's config file: ``--config``, else the default path."""
     path: str | None = getattr(args, "config", None)
     return pathlib.Path(path) if path else AgentConfig.default_path()
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--config PATH`` after a command too, for the agent's file.
+
+    Absent, it leaves the global option's value alone (SUPPRESS), so both
+    ``--config X targets`` and ``targets --config X`` work.
+    """
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="the agent's config file (default: $TRUSTELEM_CONNECT_CONFIG,"
+        " else ./connect.toml)",
+    )
 
 
 # --------------------------------------------------------------------------
@@ -147,6 +162,7 @@ def _register_target_commands(subparsers: argparse._SubParsersAction[Any]) -> No
             " whose TLS verification is off is flagged INSECURE."
         ),
     )
+    add_config_option(listing)
     listing.set_defaults(func=cmd_targets)
 
     setting = subparsers.add_parser(
@@ -169,6 +185,7 @@ def _register_target_commands(subparsers: argparse._SubParsersAction[Any]) -> No
         help="the only address the agent dials for NAME, e.g. 10.0.0.12:443"
         " or [fd00::12]:443",
     )
+    add_config_option(setting)
     setting.set_defaults(func=cmd_set_target)
 
     removing = subparsers.add_parser(
@@ -177,6 +194,7 @@ def _register_target_commands(subparsers: argparse._SubParsersAction[Any]) -> No
         description="Remove target NAME from the config file, keeping its comments.",
     )
     removing.add_argument("name", metavar="NAME", help="a declared target's name")
+    add_config_option(removing)
     removing.set_defaults(func=cmd_remove_target)
 
 
@@ -217,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_target_commands(subparsers)
     _agent_commands.register(subparsers)
     _demo.register(subparsers)
+    _doctor.register(subparsers)
     _hub_commands.register(subparsers)
     return parser
 
@@ -234,7 +253,7 @@ def _log_handler(level: str) -> logging.Handler:
 
 
 def _error(message: str) -> None:
-    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
+    print(f"{PROG}: error: {_printable(_one_line(message))}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -250,8 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # --help and --version print and exit; keep their status.
         return exc.code if isinstance(exc.code, int) else 0
 
-    # The handler is removed afterwards so that main() can run several
-    # times in one process (tests) without stacking handlers.
+    # The handler and level are undone afterwards so that main() can run
+    # several times in one process (tests) without stacking handlers.
+    package_logger = logging.getLogger("trustelem_relay")
+    previous_level = package_logger.level
     handler = _log_handler(args.log_level)
     try:
         status = args.func(args)
@@ -265,5 +286,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error("interrupted")
         return 130
     finally:
-        logging.getLogger("trustelem_relay").removeHandler(handler)
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous_level)
     return 0 if status is None else int(status)

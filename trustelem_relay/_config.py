@@ -58,7 +58,14 @@ from tomlkit.items import InlineTable
 
 from ._errors import ConfigError
 from ._keys import validate_service_id
-from ._policy import Target, TLSSettings, parse_addr, parse_host, parse_target_name
+from ._policy import (
+    METHOD_NAME_RE,
+    Target,
+    TLSSettings,
+    parse_addr,
+    parse_host,
+    parse_target_name,
+)
 
 #: The environment variable naming the config file when --config is absent.
 CONFIG_ENV = "TRUSTELEM_CONNECT_CONFIG"
@@ -90,7 +97,6 @@ _TARGET_KEYS = (
     "max_concurrent",
     "timeout",
 )
-_METHOD_RE = re.compile(r"[A-Z][A-Z0-9_-]{0,31}")
 _VISIBLE_RE = re.compile(r"[\x21-\x7e]+")
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 _TYPE_NAMES = {
@@ -275,7 +281,7 @@ def _methods(check: _Checker, key: str, value: object) -> frozenset[str]:
             key, "an empty list refuses everything; remove the key instead"
         )
     for item in items:
-        if type(item) is not str or not _METHOD_RE.fullmatch(item):
+        if type(item) is not str or not METHOD_NAME_RE.fullmatch(item):
             raise check.fail(
                 key, f"expected upper-case HTTP methods like GET, got {item!a}"
             )
@@ -601,12 +607,19 @@ def read_secret_file(path: str | os.PathLike[str]) -> str:
                 " itself here"
             ) from None
         raise _os_error(shown, "read the secret file", exc) from None
-    with os.fdopen(fd, "rb") as stream:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ConfigError(f"{shown}: a secret file must be a regular file")
         _check_private(shown, info, "secret file", "600")
-        raw = stream.read(_MAX_SECRET_FILE + 1)
+        raw = b""
+        while len(raw) <= _MAX_SECRET_FILE:
+            chunk = os.read(fd, _MAX_SECRET_FILE + 1 - len(raw))
+            if not chunk:
+                break
+            raw += chunk
+    finally:
+        os.close(fd)
     if len(raw) > _MAX_SECRET_FILE:
         raise ConfigError(f"{shown}: the secret file is too large to hold a secret")
     try:
@@ -660,6 +673,14 @@ def write_secret_file(path: str | os.PathLike[str], text: str) -> None:
 # --------------------------------------------------------------------------
 # Editing
 
+# A table header line, and the header of one target's table. Both are only
+# used to find lines; whatever they find is checked by parsing the result.
+_HEADER_RE = re.compile(r"\s*\[")
+_COMMENT_RE = re.compile(r"\s*#")
+_TARGET_HEADER = (
+    r"""\s*\[\s*target\s*\.\s*(?:{name}|"{name}"|'{name}')\s*\]\s*(?:#.*)?"""
+)
+
 
 def _without_empty_targets(data: dict[str, Any]) -> dict[str, Any]:
     # An empty [target] table and no table at all mean the same thing.
@@ -670,35 +691,27 @@ def _without_empty_targets(data: dict[str, Any]) -> dict[str, Any]:
 
 def _edit(
     path: str | os.PathLike[str],
-    change: Callable[[tomlkit.TOMLDocument, dict[str, Any]], None],
+    change: Callable[[str, dict[str, Any]], str],
 ) -> None:
-    """Apply *change* to the file's document and to its plain data, then
-    write the document back atomically.
+    """Rewrite the file with ``change(text, data)``, then write it back.
 
-    *change* must edit both the same way: the file is only written if the
-    new text parses to the changed data and passes the schema check.
+    *change* returns the new text and edits *data* (what tomllib made of
+    the old text) to what the new text must parse to. The file is only
+    written if that holds and the new data passes the schema check.
     """
     path = pathlib.Path(path)
     check = _checker(path)
-    raw, _ = _read(path)
+    raw, info = _read(path)
     data = _loads(check, raw)
     _parse(check, data)
 
-    # Edit the file a symlink points to, rather than replace the link.
-    try:
-        real = path.resolve(strict=True)
-        info = os.stat(real)
-    except OSError as exc:
-        raise _os_error(check.file, "read it", exc) from None
     unsafe = check.fail(
         "", "this layout cannot be edited safely; edit the file by hand"
     )
     try:
-        document = tomlkit.parse(raw.decode("utf-8"))
+        new_text = change(raw.decode("utf-8"), data)
     except tomlkit.exceptions.TOMLKitError:
         raise unsafe from None
-    change(document, data)
-    new_text = document.as_string()
     new_data = _loads(check, new_text.encode("utf-8"))
     if _without_empty_targets(new_data) != _without_empty_targets(data):
         raise unsafe
@@ -708,6 +721,8 @@ def _edit(
     owner = None
     if os.geteuid() == 0 and (info.st_uid, info.st_gid) != (0, 0):
         owner = (info.st_uid, info.st_gid)
+    # Edit the file a symlink points to, rather than replace the link.
+    real = path.resolve()
     try:
         _atomic_write(real, new_text.encode("utf-8"), stat.S_IMODE(info.st_mode), owner)
     except OSError as exc:
@@ -725,36 +740,77 @@ def set_target(path: str | os.PathLike[str], name: str, addr: str) -> None:
     host, port = check.parsed(f"{_target_key(name)}.addr", parse_addr, addr)
     canonical = Target(name=name, host=host, port=port).addr
 
-    def change(document: tomlkit.TOMLDocument, data: dict[str, Any]) -> None:
+    def change(text: str, data: dict[str, Any]) -> str:
         data.setdefault("target", {}).setdefault(name, {})["addr"] = canonical
+        document = tomlkit.parse(text)
         if "target" not in document:
             document.add("target", tomlkit.table(is_super_table=True))
         tables: Any = document["target"]
         if name in tables:
+            # Assigning to an existing key keeps its trailing comment.
             tables[name]["addr"] = canonical
-            return
-        inline = isinstance(tables, InlineTable)
-        entry = tomlkit.inline_table() if inline else tomlkit.table()
-        entry.add("addr", canonical)
-        tables.add(name, entry)
+        else:
+            inline = isinstance(tables, InlineTable)
+            entry = tomlkit.inline_table() if inline else tomlkit.table()
+            entry.add("addr", canonical)
+            tables.add(name, entry)
+        return document.as_string()
 
     _edit(path, change)
 
 
+def _cut_target_table(text: str, name: str) -> str | None:
+    """Remove ``[target.NAME]`` and its lines from *text*, or return None
+    when the file does not have that layout.
+
+    The comment lines right above the header go with the table; the
+    comment lines right above the next header belong to that table and
+    stay.
+    """
+    lines = text.splitlines(keepends=True)
+    header = re.compile(_TARGET_HEADER.format(name=re.escape(name)))
+    found = [i for i, line in enumerate(lines) if header.fullmatch(line.rstrip("\r\n"))]
+    if len(found) != 1:
+        return None
+    start = found[0]
+    end = next(
+        (i for i in range(start + 1, len(lines)) if _HEADER_RE.match(lines[i])),
+        len(lines),
+    )
+    while start > 0 and _COMMENT_RE.match(lines[start - 1]):
+        start -= 1
+    while end > start and _COMMENT_RE.match(lines[end - 1]):
+        end -= 1
+    if end == len(lines):
+        # The last table went: drop the blank lines that separated it.
+        while start > 0 and not lines[start - 1].strip():
+            start -= 1
+    return "".join(lines[:start] + lines[end:])
+
+
 def remove_target(path: str | os.PathLike[str], name: str) -> None:
-    """Remove target *name*. It is an error if no such target is declared;
-    the comments around the removed table stay where they were."""
+    """Remove target *name*; it is an error if no such target is declared.
+
+    In the usual layout the table goes with the comment lines right above
+    its header; any other layout is edited with tomlkit, which removes the
+    target's keys and leaves every comment.
+    """
     check = _checker(pathlib.Path(path))
     name = check.parsed("", parse_target_name, name)
 
-    def change(document: tomlkit.TOMLDocument, data: dict[str, Any]) -> None:
+    def change(text: str, data: dict[str, Any]) -> str:
         tables = data.get("target", {})
         if name not in tables:
             declared = ", ".join(tables) or "none"
             raise check.fail("", f"no target named {name} (declared: {declared})")
         del tables[name]
+        cut = _cut_target_table(text, name)
+        if cut is not None:
+            return cut
+        document = tomlkit.parse(text)
         container: Any = document["target"]
         del container[name]
+        return document.as_string()
 
     _edit(path, change)
 

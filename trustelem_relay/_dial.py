@@ -39,6 +39,14 @@ server closes first). A refused upgrade, or a hub that hangs up during the
 handshake, is turned into :class:`HubConnectError` at once instead of
 tearing down the caller's nursery or waiting forever.
 
+Deliberately not done: proxy schemes other than Basic (no NTLM or
+Negotiate), a second CONNECT on the same connection after a 407, proxy
+settings from ``HTTPS_PROXY`` and friends (the agent's configuration names
+its proxy explicitly), and hub URLs other than ``ws``/``wss``. With an
+``http://`` proxy the Basic credentials cross the local network in clear,
+as they do for every client of such a proxy; an ``https://`` proxy avoids
+that.
+
 Logger ``trustelem_relay.dial``: DEBUG only; the runtime decides what an
 operator sees.
 """
@@ -140,6 +148,7 @@ def _authority(host: str, port: int) -> str:
 
 
 def _parse_hub_url(hub_url: str) -> _HubAddress:
+    parts: urllib.parse.SplitResult | None
     try:
         parts = urllib.parse.urlsplit(hub_url)
         port = parts.port
@@ -147,9 +156,10 @@ def _parse_hub_url(hub_url: str) -> _HubAddress:
         parts, port = None, None
     if parts is None or parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
         raise HubConnectError(
-            f"hub URL {hub_url!r} is not valid: expected ws:// or wss://host[:port]/path",
+            f"hub URL {hub_url!r} is not valid: expected "
+            "ws://host[:port]/path or wss://host[:port]/path",
             permanent=True,
-        ) from None
+        )
     resource = parts.path or "/"
     if parts.query:
         resource = f"{resource}?{parts.query}"
@@ -334,7 +344,7 @@ class _Dialer:
         else:
             where = f"the proxy {proxy.display}"
             host, port = proxy.host, proxy.port
-            logger.debug("reaching hub %s through proxy %s", hub.authority, where)
+            logger.debug("reaching the hub at %s through %s", hub.authority, where)
         self.step = f"connecting to {where}"
         with self._translate(f"cannot connect to {where}"):
             self.stream = await trio.open_tcp_stream(host, port)

@@ -288,7 +288,7 @@ class _Exchange:
         settings = self.target.tls
         if not settings.verify:
             log.warning(
-                "request %s: TLS certificate verification is disabled for "
+                "[%s] TLS certificate verification is disabled for "
                 "target %r; the connection is encrypted but the server is not "
                 "authenticated",
                 self.request_id,
@@ -310,17 +310,17 @@ class _Exchange:
         self, wire: bytes, context: ssl.SSLContext | None, pool: ConnectionPool | None
     ) -> None:
         """Connect (or reuse), send and receive; then close or keep the line."""
-        # The destination a pooled connection was made and verified for.
-        key = (self.target, self.head.scheme, self.server_hostname(), context)
+        # What a pooled connection was made for: the declaration it obeyed,
+        # and for TLS the context and the name its certificate was checked for.
+        name = self.server_hostname() if context is not None else None
+        key = (self.target, self.head.scheme, name, context)
         stream = await pool.take(key) if pool is not None else None
         reusable = False
         try:
             if stream is None:
                 stream = await self.open(context)
             else:
-                log.debug(
-                    "request %s: reusing a kept-alive connection", self.request_id
-                )
+                log.debug("[%s] reusing a kept-alive connection", self.request_id)
             await self.send(stream, wire)
             await self.receive(stream)
             reusable = self.can_reuse()
@@ -356,7 +356,7 @@ class _Exchange:
         """Open TCP to the declared address (never the URL's host)."""
         target = self.target
         log.debug(
-            "request %s: connecting to target %r at %s:%d",
+            "[%s] connecting to target %r at %s:%d",
             self.request_id,
             target.name,
             target.host,
@@ -411,7 +411,7 @@ class _Exchange:
     async def send(self, stream: trio.abc.Stream, wire: bytes) -> None:
         """Write the whole request; from here on the target may have it."""
         log.debug(
-            "request %s: sending %s (%d bytes) to target %r",
+            "[%s] sending %s (%d bytes) to target %r",
             self.request_id,
             self.head.method,
             len(wire),
@@ -458,7 +458,7 @@ class _Exchange:
                 await self.relay_data(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 log.debug(
-                    "request %s: target %r answered with %d body bytes",
+                    "[%s] target %r answered with %d body bytes",
                     self.request_id,
                     self.target.name,
                     relayed,
@@ -499,7 +499,7 @@ class _Exchange:
 
         headers = relayed_response_headers(response.headers)
         log.debug(
-            "request %s: target %r answered %d",
+            "[%s] target %r answered %d",
             self.request_id,
             self.target.name,
             response.status_code,

@@ -12,7 +12,8 @@ nursery:
 * the *writer* is the only task that sends. Code anywhere calls
   :meth:`Link.flush` after touching the connection; the writer then sends
   the queued frames, in the order they were sealed (their counters demand
-  it), several per wake-up.
+  it), several per wake-up and in one write to the socket: each frame is
+  still one websocket message.
 
 A third loop sends heartbeats: a PING every ``interval`` seconds; when no
 frame at all arrives within ``deadline`` seconds after it, the link is
@@ -31,6 +32,7 @@ from collections.abc import Callable
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
+from wsproto.events import BytesMessage
 
 from ._errors import RemoteProtocolError
 from ._events import Event, PongReceived, WindowUpdated
@@ -42,6 +44,18 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_REPLACED = 4001
 CLOSE_ROTATED = 4002
 CLOSE_DEAD = 4008
+
+#: Bytes of queued frames the writer joins into one write to the socket.
+WRITE_BATCH = 256 * 1024
+
+
+def _first_cause(exc: BaseException) -> BaseException:
+    """The first exception in *exc* (a group or not) that is not a
+    cancellation; a cancellation only when there is nothing else."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves = [_first_cause(inner) for inner in exc.exceptions]
+    return next((e for e in leaves if not isinstance(e, trio.Cancelled)), leaves[0])
 
 
 class LinkClosed(Exception):
@@ -70,6 +84,9 @@ class Link:
         # Frames taken from the connection and not yet written.
         self._outgoing: deque[bytes] = deque()
         self._wake_writer = trio.Event()
+        # Whether the writer may join frames into one write (see
+        # _send_frames); it needs trio-websocket's connection class.
+        self._batching = isinstance(ws, WebSocketConnection)
         # Replaced each time credit arrives; waiters re-check their window.
         self._window_changed = trio.Event()
         self._pong = trio.Event()
@@ -112,14 +129,46 @@ class Link:
         return self.frames_sent >= sequence
 
     async def _writer(self) -> None:
-        ws = self.ws
         outgoing = self._outgoing
         while True:
             await self._wake_writer.wait()
             self._wake_writer = trio.Event()
             while outgoing:
-                await ws.send_message(outgoing.popleft())
+                # Take what is queued, up to a bound, for one write.
+                batch = [outgoing.popleft()]
+                size = len(batch[0])
+                while outgoing and size < WRITE_BATCH:
+                    batch.append(outgoing.popleft())
+                    size += len(batch[-1])
+                await self._send_frames(batch)
+
+    async def _send_frames(self, frames: list[bytes]) -> None:
+        """Send each frame as one websocket message, all in one write.
+
+        trio-websocket writes every message with its own ``send_all``: a
+        syscall and a wake-up of the peer per frame. Here the messages are
+        framed by its wsproto connection and written under its stream lock,
+        the same steps as its ``send_message``, but together.
+        """
+        ws = self.ws
+        if not self._batching:
+            for frame in frames:
+                await ws.send_message(frame)
                 self.frames_sent += 1
+            return
+        if ws._close_reason:
+            raise ConnectionClosed(ws._close_reason)
+        data = b"".join([ws._wsproto.send(BytesMessage(data=f)) for f in frames])
+        async with ws._stream_lock:
+            try:
+                await ws._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await ws._abort_web_socket()
+                raise ConnectionClosed(ws._close_reason) from None
+            finally:
+                # Once the write began, any frame of it may have reached the
+                # peer: count them all, so "not sent" stays a certainty.
+                self.frames_sent += len(frames)
 
     async def wait_send_window(self, stream_id: int) -> int:
         """Wait until the stream may send; return how many bytes.
@@ -192,12 +241,17 @@ class Link:
         reason = "closed"
         try:
             with self._scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer)
-                    if heartbeat is not None:
-                        nursery.start_soon(self._heartbeat, *heartbeat)
-                    task_status.started()
-                    await self._reader()
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._writer)
+                        if heartbeat is not None:
+                            nursery.start_soon(self._heartbeat, *heartbeat)
+                        task_status.started()
+                        await self._reader()
+                except BaseExceptionGroup as group:
+                    # trio wraps even the body's exception in a group; the
+                    # clauses below want the one that ended the loops.
+                    raise _first_cause(group) from None
         except ConnectionClosed as exc:
             reason = "websocket closed"
             if exc.reason is not None:

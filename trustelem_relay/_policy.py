@@ -57,9 +57,11 @@ TARGET_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 # host names strictly speaking.
 _LABEL_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
-# RFC 9110 token characters, upper case only: a method in a target's
-# allow-list is written the way it travels on the wire.
-_CONFIG_METHOD_RE = re.compile(r"[A-Z][A-Z0-9_-]{0,31}")
+#: A method in a target's allow-list: upper case, as it travels on the
+#: wire (methods are case-sensitive), e.g. GET or M-SEARCH.
+METHOD_NAME_RE = re.compile(r"[A-Z][A-Z0-9_-]{0,31}")
+
+# Any method a request may carry: an RFC 9110 token, bounded in length.
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")
 
 # Visible ASCII without space: what may appear in a request target.
@@ -276,7 +278,7 @@ class Target:
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"target {self.name}: port must be 1-65535")
         if self.methods is not None and not all(
-            _CONFIG_METHOD_RE.fullmatch(method) for method in self.methods
+            METHOD_NAME_RE.fullmatch(method) for method in self.methods
         ):
             raise ConfigError(f"target {self.name}: methods must be upper case")
         if self.path_prefix is not None and not self.path_prefix.startswith("/"):

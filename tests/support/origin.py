@@ -83,7 +83,8 @@ async def _read_request(
     """
     conn = h11.Connection(our_role=h11.SERVER)
     raw = bytearray(buffered)
-    conn.receive_data(buffered)
+    if buffered:  # h11 takes an empty chunk to mean the end of the stream
+        conn.receive_data(buffered)
     body = bytearray()
     request: h11.Request | None = None
     while True:
