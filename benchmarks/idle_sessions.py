@@ -4,7 +4,8 @@ A full :class:`trustelem_relay.Agent` per session would cost this process a
 lot for nothing: an idle session only needs to finish the handshake,
 describe itself and answer the hub's heartbeats. So each session here is the
 sans-IO :class:`trustelem_relay.Connection` in agent role over a
-trio-websocket client on TLS, exactly the bytes a real agent sends. Each
+trio-websocket client (on TLS for wss), exactly the bytes a real agent
+sends. Each
 session describes itself with its own agent id (the hub would otherwise
 replace one by the next), then sends a PING: the PONG comes after the hub
 has handled the description, so once every session has its PONG, every
@@ -31,8 +32,14 @@ class IdleSessions:
     """Open sessions in the background; close them all with the nursery."""
 
     def __init__(
-        self, nursery: trio.Nursery, port: int, service_id: str, ca: ssl.SSLContext
+        self,
+        nursery: trio.Nursery,
+        port: int,
+        service_id: str,
+        ca: ssl.SSLContext | None,
     ) -> None:
+        """Sessions to the hub at 127.0.0.1:``port``: wss verified with
+        ``ca``, or plain ws when ``ca`` is None."""
         self._nursery = nursery
         self._port = port
         self._service_id = service_id
@@ -57,8 +64,10 @@ class IdleSessions:
             await self._changed.wait()
 
     async def _session(self, number: int, limiter: trio.CapacityLimiter) -> None:
-        tcp = await trio.open_tcp_stream("127.0.0.1", self._port)
-        stream = trio.SSLStream(tcp, self._ca, server_hostname="127.0.0.1")
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+        stream = await trio.open_tcp_stream("127.0.0.1", self._port)
+        if self._ca is not None:
+            stream = trio.SSLStream(stream, self._ca, server_hostname="127.0.0.1")
         async with trio.open_nursery() as nursery:
             ws = await trio_websocket.wrap_client_stream(
                 nursery,

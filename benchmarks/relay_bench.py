@@ -311,14 +311,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--probe-mib", type=int, default=12)
     parser.add_argument(
         "--schemes",
-        type=lambda text: text.split(","),
+        type=lambda text: [scheme for scheme in text.split(",") if scheme],
         default=["ws", "wss"],
-        help="the relay runs to make: ws, wss or ws,wss (the default)",
+        help="the relay runs to make: ws, wss, ws,wss (the default) or none",
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.duration, args.warmup = 1, 0.2, 0.0
-        args.sessions, args.probe_mib = 20, 2
+        args.rounds, args.duration, args.warmup = 1, 0.1, 0.0
+        args.sessions, args.probe_mib = 10, 1
     return args
 
 

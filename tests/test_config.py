@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import pytest
 
-import trustelem_relay._config
 from trustelem_relay._config import (
     CONFIG_ENV,
     AgentConfig,
@@ -519,7 +518,7 @@ def test_state_dir_that_cannot_be_inspected(tmp_path: pathlib.Path) -> None:
 
 def pretend_to_be_uid(monkeypatch: pytest.MonkeyPatch, uid: int) -> None:
     """Make the checks see files as owned by someone else, without root."""
-    monkeypatch.setattr(trustelem_relay._config.os, "geteuid", lambda: uid)
+    monkeypatch.setattr(os, "geteuid", lambda: uid)
 
 
 def test_state_dir_owned_by_another_user_is_refused(
@@ -861,7 +860,7 @@ def test_root_editing_keeps_the_owner(
         owner = (info.st_uid, info.st_gid)
         pretend_to_be_uid(monkeypatch, 0)
         monkeypatch.setattr(
-            trustelem_relay._config.os,
+            os,
             "fchown",
             lambda fd, uid, gid: given.append((uid, gid)),
         )

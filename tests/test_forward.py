@@ -425,8 +425,9 @@ async def test_oversize_response_head_in_pieces_is_refused(
         b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 999 Whatever\r\nContent-Length: 0\r\n\r\n",
     ],
-    ids=["closed", "garbage", "short-body", "bad-chunk"],
+    ids=["closed", "garbage", "short-body", "bad-chunk", "status-over-599"],
 )
 async def test_broken_answer_is_bad_gateway(answer: bytes) -> None:
     async with serve_origin(respond(answer)) as origin:

@@ -6,11 +6,16 @@ Covers trustelem_relay._handshake directly and through the connection.
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nacl.bindings import crypto_scalarmult_base
+from nacl.bindings import (
+    crypto_scalarmult,
+    crypto_scalarmult_base,
+    crypto_secretbox_open_easy,
+)
 from support.pair import (
     OTHER_SERVICE_ID,
     SERVICE_ID,
@@ -489,3 +494,46 @@ def test_handshake_objects_print_no_secret() -> None:
     )
     assert repr(agent) == "<AgentHandshake>"
     assert repr(hub) == "<HubHandshake>"
+
+
+# --------------------------------------------------------------------------
+# The key schedule, recomputed from docs/protocol.md with hashlib
+
+
+def b2b(data: bytes, size: int, person: bytes, key: bytes = b"") -> bytes:
+    return hashlib.blake2b(data, digest_size=size, key=key, person=person).digest()
+
+
+def test_key_schedule_matches_the_specification() -> None:
+    pair = make_pair(seed=3)
+    pair.hub.ping(b"p")
+    pair.pump()
+    hello, welcome, confirm, ping = (frame for _, frame in pair.wire[:4])
+    # make_pair draws the agent's randomness from seed 2*3, the hub's from 7.
+    agent_secret = seeded_random(6)(32)
+    hub_secret = seeded_random(7)(32)
+
+    lookup = b2b(SERVICE_ID.encode("ascii"), 16, b"trly-lookup-v1")
+    psk = b2b(SERVICE_ID.encode("ascii"), 32, b"trly-psk-v1")
+    assert hello[20:22] == b"\x01\x01"
+    assert hello[22:38] == lookup
+    agent_public, hub_public = hello[38:70], welcome[21:53]
+    shared = crypto_scalarmult(agent_secret, hub_public)
+    assert shared == crypto_scalarmult(hub_secret, agent_public)
+
+    transcript = b2b(hello[4:] + welcome[4:53], 32, b"trly-th-v1")
+    prk = b2b(shared + transcript, 64, b"trly-prk-v1", key=psk)
+    agent_to_hub = b2b(b"agent-to-hub", 32, b"trly-key-v1", key=prk)
+    hub_to_agent = b2b(b"hub-to-agent", 32, b"trly-key-v1", key=prk)
+    hub_confirm = b2b(b"hub-confirm", 32, b"trly-cfm-v1", key=prk)
+    agent_confirm = b2b(b"agent-confirm", 32, b"trly-cfm-v1", key=prk)
+
+    assert welcome[20] == 1
+    assert welcome[53:] == hub_confirm
+    # CONFIRM: counter 0 in the agent-to-hub direction, sealing its header.
+    zero_nonce = bytes(24)
+    plain = crypto_secretbox_open_easy(confirm[20:], zero_nonce, agent_to_hub)
+    assert plain == confirm[4:20] + agent_confirm
+    # The hub's first sealed frame: counter 0 in its own direction.
+    plain = crypto_secretbox_open_easy(ping[20:], zero_nonce, hub_to_agent)
+    assert plain == ping[4:20] + b"p"

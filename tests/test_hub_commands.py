@@ -315,7 +315,6 @@ def test_serve_is_registered_with_its_own_config_option() -> None:
 # As real processes, through the package's CLI
 
 
-
 def cli(
     cwd: Path, *argv: str, before: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
@@ -45,6 +46,7 @@ from trustelem_relay._frames import (
 from trustelem_relay._mux import (
     _TRANSITIONS,
     MAX_PING,
+    MAX_STREAM_ID,
     MAX_WINDOW,
     Connection,
     ConnectionState,
@@ -216,6 +218,17 @@ def test_stream_ids_grow_from_one() -> None:
     pair = make_pair()
     ids = [pair.hub.open_stream("t", GET, end_stream=True) for _ in range(3)]
     assert ids == [1, 2, 3]
+
+
+def test_stream_ids_end_at_the_32_bit_limit() -> None:
+    pair = make_pair()
+    pair.hub._last_stream_id = MAX_STREAM_ID - 1
+    assert pair.hub.open_stream("t", GET, end_stream=True) == MAX_STREAM_ID
+    pair.pump()
+    before = state_of(pair.hub)
+    with pytest.raises(LocalProtocolError, match="stream ids are used up"):
+        pair.hub.open_stream("t", GET)
+    assert state_of(pair.hub) == before
 
 
 @settings(max_examples=40, deadline=None)
@@ -657,7 +670,6 @@ def test_malformed_response_head_resets_only_that_stream() -> None:
     ]
     (reset,) = pair.hub.data_to_send()
     assert reset[5] == Kind.RESET
-    pair.agent._sealer = pair.agent._sealer  # the agent's counter moved on
     agent_events = pair.agent.receive_data(reset)
     assert of_type(agent_events, StreamReset)[0].code is StreamErrorCode.PROTOCOL_ERROR
     pair.agent.send_response(good, OK, end_stream=True)
@@ -773,9 +785,10 @@ def test_defective_request_is_refused_without_telling_the_user(
         ),
     ],
 )
-def test_session_violations_end_the_session(build: object, message: str) -> None:
+def test_session_violations_end_the_session(
+    build: Callable[[Pair], bytes], message: str
+) -> None:
     pair = make_pair()
-    assert callable(build)
     frame = build(pair)
     with pytest.raises(RemoteProtocolError, match=message):
         pair.agent.receive_data(frame)
@@ -804,7 +817,7 @@ def test_reused_stream_id_ends_the_session() -> None:
         pair.agent.receive_data(frame)
 
 
-def test_events_before_a_violation_in_the_same_bytes_are_not_lost_silently() -> None:
+def test_a_violation_voids_the_whole_chunk_it_arrived_in() -> None:
     # The error wins: a session that broke the rules is over, and the
     # caller must not act on half of what arrived with the bad frame.
     pair = make_pair()
@@ -819,7 +832,7 @@ def test_events_before_a_violation_in_the_same_bytes_are_not_lost_silently() -> 
 # Local misuse raises LocalProtocolError and changes nothing
 
 
-def _misuse_cases() -> list[tuple[str, str, object]]:
+def _misuse_cases() -> list[tuple[str, str, Callable[[Connection], object]]]:
     def long_head() -> RequestHead:
         big = ((b"x", bytes(65000)), (b"y", bytes(1000)))
         return RequestHead("GET", "https", "a", "/", headers=big)
@@ -865,12 +878,11 @@ def _misuse_cases() -> list[tuple[str, str, object]]:
 
 @pytest.mark.parametrize(("side", "message", "call"), _misuse_cases())
 def test_local_misuse_raises_and_changes_nothing(
-    side: str, message: str, call: object
+    side: str, message: str, call: Callable[[Connection], object]
 ) -> None:
     pair = make_pair()
     conn = pair.hub if side == "hub" else pair.agent
     before = state_of(conn)
-    assert callable(call)
     with pytest.raises(LocalProtocolError, match=message):
         call(conn)
     assert state_of(conn) == before

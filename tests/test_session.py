@@ -298,6 +298,32 @@ def test_frame_with_a_grown_length_prefix_is_never_accepted_alone() -> None:
         pair.agent.receive_data(b"\x00")
 
 
+def test_frame_with_a_grown_length_prefix_fails_at_once_as_a_message() -> None:
+    pair = make_pair()
+    pair.hub.ping(b"abc")
+    (frame,) = pair.hub.data_to_send()
+    for grown_by in (1, 256, 65536):
+        length = int.from_bytes(frame[:4], "big") + grown_by
+        grown = length.to_bytes(4, "big") + frame[4:]
+        agent = make_pair().agent
+        with pytest.raises(MalformedFrame, match=f"ends {len(frame)} bytes into"):
+            agent.receive_message(grown)
+        assert agent.state is ConnectionState.CLOSED
+
+
+def test_whole_frames_pass_as_messages() -> None:
+    pair = make_pair()
+    pair.hub.ping(b"a")
+    pair.hub.ping(b"b")
+    first, second = pair.hub.data_to_send()
+    assert pair.agent.receive_message(first) == [PingReceived(b"a")]
+    # Several whole frames in one message are still whole frames.
+    pair.hub.ping(b"c")
+    (third,) = pair.hub.data_to_send()
+    events = pair.agent.receive_message(second + third)
+    assert events == [PingReceived(b"b"), PingReceived(b"c")]
+
+
 def test_untouched_exchange_completes() -> None:
     pair = make_pair(settings=_SMALL, handshake=False, tamper=_FlipOne(-1, 0, 0))
     _exchange(pair)

@@ -125,22 +125,40 @@ class _Exchange:
         self.stream_id = stream_id
         self.request_id = request_id
         self.target = target
-        self.body = bytearray()
+        # The request body's chunks, joined once when complete.
+        self.body: list[bytes] = []
+        self.size = 0
         self.body_complete = trio.Event()
         self.scope = trio.CancelScope()
         self.too_large = False
+        # The latest body chunk, sent when the next one comes or with the
+        # end of the answer, so that the last one carries END_STREAM.
+        self.held = b""
 
     async def send_head(self, head: ResponseHead) -> None:
         self.link.conn.send_response(self.stream_id, head)
         self.link.flush()
 
     async def send_data(self, data: bytes) -> None:
+        if self.held:
+            await self._send(self.held, end=False)
+        self.held = data
+
+    async def finish(self) -> None:
+        """End the answer: what is held goes out with END_STREAM."""
+        held, self.held = self.held, b""
+        await self._send(held, end=True)
+
+    async def _send(self, data: bytes, *, end: bool) -> None:
         view = memoryview(data)
-        while view:
-            window = await self.link.wait_send_window(self.stream_id)
-            self.link.conn.send_data(self.stream_id, bytes(view[:window]))
+        while view or end:
+            window = await self.link.wait_send_window(self.stream_id) if view else 0
+            chunk, view = view[:window], view[window:]
+            last = end and not view
+            self.link.conn.send_data(self.stream_id, bytes(chunk), end_stream=last)
             self.link.flush()
-            view = view[window:]
+            if last:
+                return
 
 
 class Agent:
@@ -486,10 +504,11 @@ class Agent:
         link.conn.acknowledge_data(event.stream_id, len(event.data))
         if exchange is None or exchange.too_large:
             return
-        exchange.body += event.data
-        if len(exchange.body) > self.settings.forward.max_request_body:
+        exchange.body.append(event.data)
+        exchange.size += len(event.data)
+        if exchange.size > self.settings.forward.max_request_body:
             exchange.too_large = True
-            exchange.body = bytearray()
+            exchange.body = []
             exchange.body_complete.set()
 
     # ------------------------------------------------------------------
@@ -508,32 +527,36 @@ class Agent:
         )
         try:
             with exchange.scope:
+                # One deadline for the whole request, body wait included.
                 timeout = exchange.target.timeout
                 if head.timeout is not None:
                     timeout = min(timeout, head.timeout)
-                with trio.move_on_after(timeout) as body_wait:
-                    await exchange.body_complete.wait()
-                if body_wait.cancelled_caught:
-                    raise TimeoutBeforeSending(
-                        "the request body did not arrive in time"
-                    )
+                deadline = trio.current_time() + timeout
+                if not exchange.body_complete.is_set():
+                    with trio.move_on_at(deadline) as body_wait:
+                        await exchange.body_complete.wait()
+                    if body_wait.cancelled_caught:
+                        raise TimeoutBeforeSending(
+                            "the request body did not arrive in time"
+                        )
                 if exchange.too_large:
                     raise RequestTooLarge(
                         "the request body is over "
                         f"{self.settings.forward.max_request_body} bytes"
                     )
+                remaining = max(0.001, deadline - trio.current_time())
                 await forward(
                     exchange.target,
-                    head,
-                    bytes(exchange.body),
+                    attrs.evolve(head, timeout=remaining),
+                    b"".join(exchange.body),
                     exchange,
                     limits=self.settings.forward,
                     request_id=exchange.request_id,
                     pool=self._pool,
                 )
-                exchange.body = bytearray()
+                exchange.body = []
                 if conn.stream_state(stream_id) is not None:
-                    conn.end_stream(stream_id)
+                    await exchange.finish()
             if exchange.scope.cancelled_caught and not link.is_closed:
                 # Cancelled by the hub, or the session is going away.
                 logger.debug("[%s] abandoned", exchange.request_id)
@@ -597,4 +620,8 @@ class Agent:
             exchange.scope.cancel()
         self._drained.set()
         if link is not None:
+            # The last answers (and GOAWAY) may still be queued: closing
+            # stops the writer, so let them out first, within a deadline.
+            with trio.move_on_after(self.settings.heartbeat_timeout):
+                await link.wait_written()
             link.close("agent drained", CLOSE_GOING_AWAY)

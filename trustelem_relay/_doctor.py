@@ -448,7 +448,7 @@ class _Doctor:
                     message = await ws.get_message()
                     if isinstance(message, str):
                         message = message.encode("utf-8")
-                    for event in conn.receive_data(message):
+                    for event in conn.receive_message(message):
                         if isinstance(event, HandshakeComplete):
                             # Only a hub that accepted CONFIRM answers this.
                             complete = event

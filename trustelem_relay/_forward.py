@@ -243,8 +243,9 @@ class _Exchange:
     # ------------------------------------------------------------------
     # Send the request
 
-    def encode_request(self, body: bytes, *, keep_alive: bool) -> bytes:
-        """Check the request and return its bytes, as h11 lays them out."""
+    def encode_request(self, body: bytes, *, keep_alive: bool) -> list[bytes]:
+        """Check the request and return its bytes, as h11 lays them out, in
+        the pieces to write: a large body is not copied behind the head."""
         head = self.head
         if len(body) > self.limits.max_request_body:
             raise self.fail(
@@ -260,22 +261,24 @@ class _Exchange:
             request = h11.Request(
                 method=head.method, target=head.path, headers=list(headers)
             )
-            wire = self.h11.send(request) or b""
+            wire = [self.h11.send(request) or b""]
             if body:
-                wire += self.h11.send(h11.Data(data=body)) or b""
-            wire += self.h11.send(h11.EndOfMessage()) or b""
+                wire += self.h11.send_with_data_passthrough(h11.Data(data=body)) or []
+            wire.append(self.h11.send(h11.EndOfMessage()) or b"")
         except h11.LocalProtocolError as exc:
             # The checks above mirror h11's, so this is a backstop only.
             raise self.fail(
                 StreamProtocolError, "the request is not valid HTTP/1.1"
             ) from exc
-        if len(wire) - len(body) > self.limits.max_request_head:
+        if sum(map(len, wire)) - len(body) > self.limits.max_request_head:
             raise self.fail(
                 RequestTooLarge,
                 f"the request head is over the limit of "
                 f"{self.limits.max_request_head} bytes; nothing was sent",
             )
-        return wire
+        if len(body) <= CHUNK_SIZE:
+            return [b"".join(wire)]
+        return [piece for piece in wire if piece]
 
     def invalid(self, reason: str) -> RequestError:
         """The hub asked for a request that cannot be written as HTTP/1.1."""
@@ -307,7 +310,10 @@ class _Exchange:
             ) from exc
 
     async def run(
-        self, wire: bytes, context: ssl.SSLContext | None, pool: ConnectionPool | None
+        self,
+        wire: list[bytes],
+        context: ssl.SSLContext | None,
+        pool: ConnectionPool | None,
     ) -> None:
         """Connect (or reuse), send and receive; then close or keep the line."""
         # What a pooled connection was made for: the declaration it obeyed,
@@ -339,16 +345,20 @@ class _Exchange:
         tcp = await self.connect()
         if context is None:
             return tcp
-        # https_compatible: servers often close without close_notify, and
-        # h11 knows from the framing where the body ends.
-        tls = trio.SSLStream(
-            tcp, context, server_hostname=self.server_hostname(), https_compatible=True
-        )
         try:
+            # https_compatible: servers often close without close_notify, and
+            # h11 knows from the framing where the body ends.
+            tls = trio.SSLStream(
+                tcp,
+                context,
+                server_hostname=self.server_hostname(),
+                https_compatible=True,
+            )
             await self.handshake(tls)
         except BaseException:
+            # The TLS layer holds nothing but the socket, which must not leak.
             with trio.move_on_after(_CLOSE_GRACE, shield=True):
-                await tls.aclose()
+                await tcp.aclose()
             raise
         return tls
 
@@ -408,13 +418,13 @@ class _Exchange:
                 "pin_sha256; the server's key changed, or this is another server",
             )
 
-    async def send(self, stream: trio.abc.Stream, wire: bytes) -> None:
+    async def send(self, stream: trio.abc.Stream, wire: list[bytes]) -> None:
         """Write the whole request; from here on the target may have it."""
         log.debug(
             "[%s] sending %s (%d bytes) to target %r",
             self.request_id,
             self.head.method,
-            len(wire),
+            sum(map(len, wire)),
             self.target.name,
         )
         # Counted as written before the call: a partial write cannot be told
@@ -422,7 +432,8 @@ class _Exchange:
         self.wrote_request = True
         try:
             with self.phase(self.limits.send_timeout, "sending the request"):
-                await stream.send_all(wire)
+                for piece in wire:
+                    await stream.send_all(piece)
         except (trio.BrokenResourceError, OSError) as exc:
             raise self.fail(
                 BadGateway,
@@ -493,6 +504,11 @@ class _Exchange:
         size += sum(len(name) + len(value) + 4 for name, value in response.headers)
         if size > self.limits.max_response_head:
             raise self.head_too_large()
+        if response.status_code > 599:
+            # h11 accepts any three digits; HTTP and the relay stop at 599.
+            raise self.fail(
+                BadGateway, f"target answered status {response.status_code}"
+            )
         declared = content_length(response.headers)
         if declared is not None and declared > self.limits.max_response_body:
             raise self.body_too_large()

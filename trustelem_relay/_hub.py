@@ -73,6 +73,9 @@ from ._version import __version__
 
 logger = logging.getLogger("trustelem_relay.hub")
 
+#: Service ids whose lookup id the hub remembers (see Hub._service_name).
+_MAX_LOOKUPS = 64
+
 #: Methods that may be retried when nothing left the hub.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
@@ -117,7 +120,10 @@ class _Pending:
     def __init__(self, request_id: str, max_body: int) -> None:
         self.request_id = request_id
         self.head: ResponseHead | None = None
-        self.body = bytearray()
+        # The body's chunks, joined once at the end: growing one buffer
+        # would copy (and fault in) a large body over and over.
+        self.body: list[bytes] = []
+        self.size = 0
         self.max_body = max_body
         self.error: RequestError | None = None
         self.done = trio.Event()
@@ -200,16 +206,17 @@ class _Session:
         if pending is None:
             conn.acknowledge_data(event.stream_id, len(event.data))
             return
-        pending.body += event.data
+        pending.body.append(event.data)
+        pending.size += len(event.data)
         conn.acknowledge_data(event.stream_id, len(event.data))
-        if len(pending.body) > pending.max_body:
+        if pending.size > pending.max_body:
             conn.reset_stream(
                 event.stream_id,
                 StreamErrorCode.RESPONSE_TOO_LARGE,
                 "response over the hub's limit",
             )
             self.pending.pop(event.stream_id, None)
-            pending.body = bytearray()
+            pending.body = []
             pending.error = ResponseTooLarge(
                 f"the response is over {pending.max_body} bytes",
                 request_id=pending.request_id,
@@ -252,6 +259,9 @@ class Hub:
         self.handshake_timeout = handshake_timeout
         self.rotation_poll = rotation_poll
         self._registry: dict[str, list[_Session]] = {}
+        # service_id -> lookup id: a keyed hash, computed once per id. The
+        # store is still asked on every request (rotations must show).
+        self._lookups: dict[str, bytes] = {}
         # Replaced on every change of the registry; waiters re-check.
         self._changed_event = trio.Event()
 
@@ -279,8 +289,14 @@ class Hub:
         return [s.info() for s in self._registry.get(name, []) if s.ready]
 
     def _service_name(self, service_id: str) -> str:
-        validate_service_id(service_id)
-        keys = self.store.resolve_lookup(lookup_id(service_id))
+        lookup = self._lookups.get(service_id)
+        if lookup is None:
+            validate_service_id(service_id)
+            lookup = lookup_id(service_id)
+            if len(self._lookups) >= _MAX_LOOKUPS:
+                self._lookups.clear()
+            self._lookups[service_id] = lookup
+        keys = self.store.resolve_lookup(lookup)
         if keys is None:
             raise ConfigError("no service has this service_id (rotated or deleted?)")
         return keys.service_name
@@ -615,7 +631,7 @@ class Hub:
                 (k.decode("latin-1"), v.decode("latin-1"))
                 for k, v in response_head.headers
             ],
-            body=bytes(pending.body),
+            body=b"".join(pending.body),
             reason=response_head.reason.decode("latin-1"),
             request_id=request_id,
         )

@@ -34,7 +34,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 from wsproto.events import BytesMessage
 
-from ._errors import RemoteProtocolError
+from ._errors import HandshakeError, RemoteProtocolError
 from ._events import Event, PongReceived, WindowUpdated
 from ._mux import Connection, ConnectionState
 
@@ -84,6 +84,8 @@ class Link:
         # Frames taken from the connection and not yet written.
         self._outgoing: deque[bytes] = deque()
         self._wake_writer = trio.Event()
+        # Set by the writer after each write; see wait_written.
+        self._written = trio.Event()
         # Whether the writer may join frames into one write (see
         # _send_frames); it needs trio-websocket's connection class.
         self._batching = isinstance(ws, WebSocketConnection)
@@ -97,6 +99,8 @@ class Link:
         self.closed_reason: str | None = None
         self._closed = trio.Event()
         self._close_code = CLOSE_NORMAL
+        # How long closing waits for the peer's answer to our close frame.
+        self._close_grace = 2.0
         #: The protocol error that ended the link, if one did.
         self.error: RemoteProtocolError | None = None
         self._scope = trio.CancelScope()
@@ -141,6 +145,7 @@ class Link:
                     batch.append(outgoing.popleft())
                     size += len(batch[-1])
                 await self._send_frames(batch)
+                self._written.set()
 
     async def _send_frames(self, frames: list[bytes]) -> None:
         """Send each frame as one websocket message, all in one write.
@@ -200,7 +205,7 @@ class Link:
             message = await self.ws.get_message()
             if isinstance(message, str):
                 message = message.encode("utf-8")
-            events = conn.receive_data(message)
+            events = conn.receive_message(message)
             for event in events:
                 if isinstance(event, WindowUpdated):
                     self.wake_senders()
@@ -255,21 +260,45 @@ class Link:
         except ConnectionClosed as exc:
             reason = "websocket closed"
             if exc.reason is not None:
-                reason += f" by the peer ({exc.reason.code} {exc.reason.reason or ''})"
+                said = f"{exc.reason.code} {exc.reason.reason or ''}".strip()
+                reason += f" by the peer ({said})"
         except RemoteProtocolError as exc:
             reason = f"{type(exc).__name__}: {exc}"
             self.error = exc
             self._close_code = exc.close_code
-            self.log.warning("session ended by a protocol error: %s", reason)
+            # A failed handshake is reported by the caller, which knows
+            # whether it is worth saying again on every retry.
+            level = (
+                logging.DEBUG if isinstance(exc, HandshakeError) else logging.WARNING
+            )
+            self.log.log(level, "session ended by a protocol error: %s", reason)
         except LinkClosed as exc:
             reason = exc.reason
             self._close_code = CLOSE_DEAD
+        except trio.Cancelled:
+            # Cancelled from outside: the websocket's own reader is being
+            # cancelled too, so the peer's close reply can never be read.
+            reason = "shut down"
+            self._close_grace = 0.1
+            raise
         finally:
             self.closed_reason = self.closed_reason or reason
             self._closed.set()
             self.wake_senders()
+            self._written.set()
             await self._close_websocket()
         return self.closed_reason
+
+    async def wait_written(self) -> None:
+        """Wait until every frame flushed so far has been written.
+
+        Call it before :meth:`close` to let the last frames out: close
+        stops the writer at once. Returns early if the link ends.
+        """
+        queued = self.frames_queued
+        while self.frames_sent < queued and not self.is_closed:
+            self._written = trio.Event()
+            await self._written.wait()
 
     def close(self, reason: str, code: int = CLOSE_NORMAL) -> None:
         """End the link from outside: the websocket closes with ``code``."""
@@ -280,7 +309,7 @@ class Link:
 
     async def _close_websocket(self) -> None:
         # A last frame (a REJECT) may still be queued for the peer.
-        with trio.CancelScope(shield=True), trio.move_on_after(2):
+        with trio.CancelScope(shield=True), trio.move_on_after(self._close_grace):
             for frame in self.conn.data_to_send():
                 try:
                     await self.ws.send_message(frame)

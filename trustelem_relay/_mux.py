@@ -95,6 +95,9 @@ MAX_WINDOW = (1 << 31) - 1
 #: Largest PING payload.
 MAX_PING = 64
 
+#: Largest stream id (the envelope's field is 32 bits).
+MAX_STREAM_ID = (1 << 32) - 1
+
 
 class FlowControlError(RemoteProtocolError):
     """The peer sent more DATA than the credit it was given."""
@@ -313,10 +316,31 @@ class Connection:
             for envelope in envelopes:
                 self._dispatch(envelope, events)
         except RemoteProtocolError as exc:
+            # Nothing queued before the error leaves, except a REJECT.
             self.state = ConnectionState.CLOSED
+            self._outbox.clear()
             if exc.reply is not None:
                 self._outbox.append(exc.reply)
             raise
+        return events
+
+    def receive_message(self, message: bytes) -> list[Event]:
+        """Feed one websocket message; it must end where a frame ends.
+
+        The same as :meth:`receive_data`, plus the rule that a message holds
+        whole frames: one whose last frame is cut short (a length prefix
+        that announces more bytes than the message has, such as a tampered
+        one) raises :class:`MalformedFrame` now, instead of waiting for
+        bytes that belong to the next message.
+        """
+        events = self.receive_data(message)
+        if self._reader.buffered:
+            self.state = ConnectionState.CLOSED
+            self._outbox.clear()
+            raise MalformedFrame(
+                f"a websocket message ends {self._reader.buffered} bytes into "
+                "a frame; each message must hold whole frames"
+            )
         return events
 
     def close(self) -> None:
@@ -635,6 +659,9 @@ class Connection:
             raise LocalProtocolError("request head is larger than one frame")
 
         stream_id = self._last_stream_id + 1
+        if stream_id > MAX_STREAM_ID:
+            # The id field is 32 bits; a session this old must be replaced.
+            raise LocalProtocolError("stream ids are used up; open a new session")
         self._last_stream_id = stream_id
         stream = self._streams[stream_id] = _Stream(
             stream_id, self.settings.stream_window

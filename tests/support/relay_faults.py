@@ -6,14 +6,17 @@ few ways to hurt it:
 
 * :func:`open_world` runs a :class:`~trustelem_relay.Hub` with one service,
   ``acme``, and yields a :class:`World` that writes agents' ``connect.toml``
-  files, starts agents in cancel scopes of their own (so a test can kill
-  one) and waits on the hub's registry;
+  files, starts agents in cancel scopes of their own (so that a test can
+  kill one) and waits on the hub's registry;
 * :class:`TcpRelay` sits between an agent and the hub and forwards bytes
   until the test freezes its connections (bytes stop flowing, nothing is
   closed: a link whose peer went silent) or cuts them (both sockets reset
   at once: a websocket that died abruptly);
 * :class:`Gate` is an origin handler that holds every answer until the test
-  releases it, so requests stay in flight as long as the test wants.
+  releases it, so requests stay in flight as long as the test wants;
+* :class:`Outcomes` collects what concurrent requests ended with, and
+  :class:`TimedLog` records log lines with the (virtual) time they were
+  written at.
 
 Teardown order matters: agents are cancelled first, while the hub can still
 answer their websocket close, and relays are cut at the same moment so that
@@ -24,15 +27,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 
 import trio
 
 from trustelem_relay._agent import Agent, AgentSettings
 from trustelem_relay._config import AgentConfig
+from trustelem_relay._errors import RequestError
 from trustelem_relay._hub import Hub, Response, ServiceInfo, _Session
 from trustelem_relay._hubconfig import HubLimits
 
@@ -48,6 +53,8 @@ URL = "http://scim.corp.test/scim/v2/Users"
 TargetKeys = Mapping[str, str | int | float]
 
 _CHUNK = 65536
+#: How long stopping the agents may take before they are cancelled.
+_TEARDOWN = 5.0
 
 
 def target_at(port: int, **keys: str | int | float) -> dict[str, str | int | float]:
@@ -88,21 +95,27 @@ def write_agent_config(
 
 
 # --------------------------------------------------------------------------
-# An origin that answers when told to
+# An origin that answers when told to, and what requests ended with
+
+
+def http_answer(body: bytes = b"ok") -> bytes:
+    """A whole HTTP/1.1 response with *body*, asking to close."""
+    head = (
+        f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
 
 
 class Gate:
     """An origin handler that holds each answer until :meth:`release`.
 
-    Pass :meth:`handler` to ``serve_origin``. ``arrived`` counts requests
-    that reached the origin whole; :meth:`wait_arrived` waits for a number
-    of them.
+    Pass :meth:`handler` to ``serve_origin`` (one gate may serve several
+    origins). ``arrived`` counts requests that reached an origin whole;
+    :meth:`wait_arrived` waits for a number of them.
     """
 
     def __init__(self, answer: bytes | None = None) -> None:
-        self.answer = answer or (
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-        )
+        self.answer = answer or http_answer()
         self.arrived = 0
         self._arrival = trio.Event()
         self._released = trio.Event()
@@ -129,6 +142,83 @@ async def never_answer(stream: trio.abc.Stream, exchange: Exchange) -> None:
     await trio.sleep_forever()
 
 
+class Outcomes:
+    """What each of many concurrent requests ended with, in order of ending."""
+
+    def __init__(self) -> None:
+        self.results: list[Response | RequestError] = []
+        self._changed = trio.Event()
+
+    async def call(self, request: Callable[[], Awaitable[Response]]) -> None:
+        """Run *request*; keep its response or its :class:`RequestError`."""
+        result: Response | RequestError
+        try:
+            result = await request()
+        except RequestError as exc:
+            result = exc
+        self.results.append(result)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_count(self, count: int) -> None:
+        """Wait until *count* requests have ended."""
+        while len(self.results) < count:
+            await self._changed.wait()
+
+    def errors(self) -> list[RequestError]:
+        return [r for r in self.results if isinstance(r, RequestError)]
+
+    def responses(self) -> list[Response]:
+        return [r for r in self.results if isinstance(r, Response)]
+
+
+class TimedLog(logging.Handler):
+    """Log records under ``trustelem_relay``, each with ``trio.current_time()``."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.entries: list[tuple[float, logging.LogRecord]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            now = trio.current_time()
+        except RuntimeError:
+            now = float("nan")
+        self.entries.append((now, record))
+
+    def times_of(self, logger: str, fragment: str) -> list[float]:
+        """When *logger* wrote each line containing *fragment*."""
+        return [
+            at
+            for at, record in self.entries
+            if record.name == logger and fragment in record.getMessage()
+        ]
+
+    def lines(self, logger: str, level: int = logging.DEBUG) -> list[str]:
+        """Messages of *logger* (or its children) at *level* or above."""
+        return [
+            record.getMessage()
+            for _, record in self.entries
+            if record.levelno >= level
+            and (record.name == logger or record.name.startswith(logger + "."))
+        ]
+
+
+@contextlib.contextmanager
+def timed_log() -> Iterator[TimedLog]:
+    """Record everything ``trustelem_relay`` logs at DEBUG during the block."""
+    logger = logging.getLogger("trustelem_relay")
+    handler = TimedLog()
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 # --------------------------------------------------------------------------
 # A TCP relay the test can freeze or cut
 
@@ -141,11 +231,6 @@ class _Splice:
         self.upstream = upstream
         self.frozen = False
         self.closed = False
-        self._thawed = trio.Event()
-
-    async def flowing(self) -> None:
-        while self.frozen:
-            await self._thawed.wait()
 
     def abort(self) -> None:
         # SO_LINGER 0 turns close into a reset: the peer sees the connection
@@ -166,25 +251,27 @@ class _Splice:
 class TcpRelay:
     """Forwards TCP connections to ``upstream_port`` on 127.0.0.1.
 
-    Start it with ``port = await nursery.start(relay.serve)``. ``accepted``
-    counts client connections; :meth:`wait_accepted` waits for a number of
-    them. :meth:`freeze` stops the bytes of the connections open now (new
-    ones still flow); :meth:`cut` resets them.
+    Start it with ``port = await nursery.start(relay.serve)``; it listens on
+    *port* (0: the kernel picks). ``accepted`` counts client connections and
+    ``accepted_at`` holds when each came. :meth:`freeze` stops the bytes of
+    the connections open now (new ones still flow); :meth:`cut` resets them.
     """
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, port: int = 0) -> None:
         self.upstream_port = upstream_port
-        self.port = 0
+        self.port = port
         self.accepted = 0
         #: ``trio.current_time()`` at each accepted connection.
         self.accepted_at: list[float] = []
         self._splices: list[_Splice] = []
         self._changed = trio.Event()
+        # Frozen splices wait on this; it is never set.
+        self._never = trio.Event()
 
     async def serve(
         self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
+        listeners = await trio.open_tcp_listeners(self.port, host=LOOPBACK)
         self.port = listeners[0].socket.getsockname()[1]
         try:
             async with trio.open_nursery() as nursery:
@@ -210,6 +297,7 @@ class TcpRelay:
         self._splices.clear()
 
     async def _handle(self, client: trio.SocketStream) -> None:
+        # serve_listeners closes the client's stream when this returns.
         self.accepted += 1
         self.accepted_at.append(trio.current_time())
         self._changed.set()
@@ -217,7 +305,6 @@ class TcpRelay:
         try:
             upstream = await trio.open_tcp_stream(LOOPBACK, self.upstream_port)
         except OSError:
-            await trio.aclose_forcefully(client)
             return
         splice = _Splice(client, upstream)
         self._splices.append(splice)
@@ -230,8 +317,8 @@ class TcpRelay:
             if splice in self._splices:
                 self._splices.remove(splice)
 
-    @staticmethod
     async def _pump(
+        self,
         splice: _Splice,
         source: trio.SocketStream,
         sink: trio.SocketStream,
@@ -239,11 +326,11 @@ class TcpRelay:
     ) -> None:
         try:
             while True:
-                await splice.flowing()
                 data = await source.receive_some(_CHUNK)
                 if not data:
                     break
-                await splice.flowing()
+                if splice.frozen:
+                    await self._never.wait()
                 await sink.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -252,6 +339,29 @@ class TcpRelay:
 
 # --------------------------------------------------------------------------
 # A hub, its service and its agents
+
+
+class AgentRun:
+    """An agent running in its own cancel scope."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        #: Cancel it to kill the agent without a goodbye.
+        self.scope = trio.CancelScope()
+        #: Set when ``agent.run()`` returned by itself (after a drain).
+        self.returned = trio.Event()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with self.scope:
+            await self.agent.run(task_status=task_status)
+            self.returned.set()
+
+    async def stop(self) -> None:
+        """Drain the agent and wait until ``run()`` has returned."""
+        await self.agent.drain()
+        await self.returned.wait()
 
 
 class World:
@@ -273,6 +383,7 @@ class World:
         self._nursery = nursery
         self._agents = agents
         self.relays: list[TcpRelay] = []
+        self._runs: list[AgentRun] = []
 
     @property
     def service_id(self) -> str:
@@ -295,31 +406,23 @@ class World:
         )
         return Agent(config, settings=settings)
 
-    async def start_agent(self, agent: Agent) -> trio.CancelScope:
-        """Run *agent* until its scope is cancelled; return once it is up."""
-        scope = trio.CancelScope()
+    async def start_agent(self, agent: Agent) -> AgentRun:
+        """Run *agent*; return once its first session is up."""
+        run = AgentRun(agent)
+        self._runs.append(run)
+        await self._agents.start(run.run)
+        return run
 
-        async def run(*, task_status: trio.TaskStatus[None]) -> None:
-            with scope:
-                await agent.run(task_status=task_status)
-
-        await self._agents.start(run)
-        return scope
-
-    def start_agent_soon(self, agent: Agent) -> trio.CancelScope:
+    def start_agent_soon(self, agent: Agent) -> AgentRun:
         """Run *agent* without waiting for a session (it may never get one)."""
-        scope = trio.CancelScope()
+        run = AgentRun(agent)
+        self._runs.append(run)
+        self._agents.start_soon(run.run)
+        return run
 
-        async def run() -> None:
-            with scope:
-                await agent.run()
-
-        self._agents.start_soon(run)
-        return scope
-
-    async def relay(self, upstream_port: int | None = None) -> TcpRelay:
-        """A running :class:`TcpRelay` to the hub (or to *upstream_port*)."""
-        relay = TcpRelay(self.port if upstream_port is None else upstream_port)
+    async def relay(self, *, port: int = 0) -> TcpRelay:
+        """A running :class:`TcpRelay` to the hub, listening on *port*."""
+        relay = TcpRelay(self.port, port)
         await self._nursery.start(relay.serve)
         self.relays.append(relay)
         return relay
@@ -344,20 +447,32 @@ class World:
         self,
         method: str = "GET",
         *,
+        url: str = URL,
         target: str = TARGET,
         body: bytes = b"",
         timeout: float | None = None,
     ) -> Response:
         """One relayed request to *target*."""
         return await self.hub.request(
-            self.service_id, target, method, URL, body=body, timeout=timeout
+            self.service_id, target, method, url, body=body, timeout=timeout
         )
 
-    def shut_down(self) -> None:
-        """Cancel every agent and reset every relayed connection."""
-        self._agents.cancel_scope.cancel()
+    async def shut_down(self) -> None:
+        """Stop every agent with a drain, then whatever is left by force.
+
+        Relays are cut first: an agent behind a frozen one would otherwise
+        wait for a close handshake that cannot arrive. Agents are drained
+        rather than cancelled because a cancelled agent's websocket reader
+        is cancelled too, and then waits out the close handshake's grace.
+        """
         for relay in self.relays:
             relay.cut()
+        with trio.move_on_after(_TEARDOWN):
+            async with trio.open_nursery() as nursery:
+                for run in self._runs:
+                    if not run.scope.cancel_called:
+                        nursery.start_soon(run.stop)
+        self._agents.cancel_scope.cancel()
 
 
 @contextlib.asynccontextmanager
@@ -380,7 +495,8 @@ async def open_world(
             except BaseException as exc:
                 failure = exc
             finally:
-                world.shut_down()
+                with trio.CancelScope(shield=True):
+                    await world.shut_down()
         nursery.cancel_scope.cancel()
     if failure is not None:
         raise failure
