@@ -5,6 +5,7 @@ its documentation, in the support module it belongs to (see
 docs/testing.md).
 """
 
+from hypothesis import HealthCheck, settings
 from support.leaks import no_resource_warnings
 from support.listener import counting_listener
 from support.proxy import connect_proxy
@@ -25,3 +26,12 @@ __all__ = [
     "scim_tls_server",
     "tls",
 ]
+
+# `nox -s fuzz` runs the protocol properties with this profile: many more
+# examples, no deadline. The default profile keeps the suite quick.
+settings.register_profile(
+    "fuzz",
+    max_examples=5_000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
