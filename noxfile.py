@@ -10,14 +10,13 @@ from __future__ import annotations
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests"]
+# Sessions run on the interpreter nox runs on: any Python 3.11 or newer.
 nox.options.default_venv_backend = "venv"
-nox.options.error_on_missing_interpreters = True
 
-PYTHON = "3.11"
 SOURCES = ["trustelem_relay", "tests", "benchmarks", "noxfile.py"]
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def tests(session: nox.Session) -> None:
     """Run the whole test suite with branch coverage."""
     session.install("-e", ".[test]")
@@ -31,7 +30,7 @@ def tests(session: nox.Session) -> None:
     session.run("coverage", "report", "--skip-covered", "--precision=1")
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def lint(session: nox.Session) -> None:
     """Formatting and lint rules (ruff)."""
     session.install("-e", ".[lint]")
@@ -39,28 +38,28 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", *SOURCES)
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package and the tests."""
     session.install("-e", ".[typecheck]")
     session.run("mypy", "trustelem_relay", "tests", "benchmarks")
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def demo(session: nox.Session) -> None:
     """Provision a user through a hub and an agent into a real SCIM server."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "trustelem_relay", "demo", *session.posargs)
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def bench(session: nox.Session) -> None:
     """Relay path against the direct path; prints ratios, writes JSON."""
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/relay_bench.py", *session.posargs)
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def fuzz(session: nox.Session) -> None:
     """Long Hypothesis runs of the protocol properties."""
     session.install("-e", ".[test]")
@@ -77,7 +76,7 @@ def fuzz(session: nox.Session) -> None:
     )
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def docs(session: nox.Session) -> None:
     """Check that every relative link in README and docs/ resolves."""
     session.run("python", "docs/check_links.py", external=False)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import h11
 import trio
-
 from load import Workload
 
 RECEIVE_SIZE = 256 * 1024

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import IO
 
 import trio
-
-import trustelem_relay
 from direct_client import DirectClient
 from load import MIB, WORKLOADS, Workload, measure
-from profiled import run_profiled
 from procs import PYTHON, cpu_seconds, proc_status_kib, stop, write_private
+from profiled import run_profiled
+
+import trustelem_relay
 
 CONNECT_TOML = """\
 service_id = "{service_id}"
@@ -92,8 +92,12 @@ async def drive(args: argparse.Namespace, agent_log: IO[bytes]) -> dict[str, obj
             out = Path(args.profile) / f"agent-{args.scheme}.prof"
             profiler = [str(Path(__file__).with_name("profiled.py")), str(out)]
         agent = await trio.lowlevel.open_process(
-            [PYTHON, *profiler, "-m", "trustelem_relay", "--log-level", "WARNING"]
-            + ["--config", str(config), "run"],
+            [
+                PYTHON,
+                *profiler,
+                *("-m", "trustelem_relay", "--log-level", "WARNING"),
+                *("--config", str(config), "run"),
+            ],
             stderr=agent_log,
         )
         base = f"http://127.0.0.1:{args.origin_port}"
@@ -153,12 +157,10 @@ async def drive(args: argparse.Namespace, agent_log: IO[bytes]) -> dict[str, obj
             # Bodies far larger than the windows: the agent's peak must not
             # follow them.
             size = args.probe_mib * MIB
-            probe = Workload("probe", "GET", f"/bytes/{size}", b"", 1, size)
+            large = Workload("large", "GET", f"/bytes/{size}", b"", 1, size)
             for _ in range(3):
-                await request(0, probe)
-            results["agent_vmhwm_after_probe_kib"] = proc_status_kib(
-                agent.pid, "VmHWM"
-            )
+                await request(0, large)
+            results["agent_vmhwm_after_probe_kib"] = proc_status_kib(agent.pid, "VmHWM")
             results["probe_body_mib"] = args.probe_mib
         finally:
             await stop(agent)

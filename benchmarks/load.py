@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import trio
-
 from origin import JSON_BODY
 
 MIB = 1024 * 1024
@@ -123,7 +122,7 @@ async def run_round(
 
 
 async def measure(
-    paths: dict[str, Requester],
+    paths: Mapping[str, Requester],
     workload: Workload,
     *,
     rounds: int,

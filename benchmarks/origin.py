@@ -104,9 +104,7 @@ async def serve_connection(stream: trio.SocketStream) -> None:
 
             # Answer it; the body goes out as is, without a copy.
             assert request is not None
-            status, content_type, body = route(
-                request.method, request.target, received
-            )
+            status, content_type, body = route(request.method, request.target, received)
             headers = [
                 (b"content-type", content_type),
                 (b"content-length", b"%d" % len(body)),

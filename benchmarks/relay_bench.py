@@ -24,7 +24,7 @@ in the JSON too.
 
 The memory mode starts a standalone hub (``hub serve`` over wss with a
 trustme certificate), opens ``--sessions`` idle agent sessions from this
-process (``idle_sessions.py``) and reports (hub RSS with N sessions − hub
+process (``idle_sessions.py``) and reports (hub RSS with N sessions - hub
 RSS with none) / N.
 
 All the figures go to a JSON file (``--output``, default
@@ -45,7 +45,6 @@ from typing import Any
 
 import trio
 import trustme
-
 from idle_sessions import IdleSessions
 from load import WORKLOADS
 from procs import PYTHON, proc_status_kib, start_listening, stop
@@ -182,9 +181,7 @@ async def run_all(args: argparse.Namespace, workdir: Path, log: Any) -> dict[str
     load_before = os.getloadavg()
     try:
         relay = {
-            scheme: await measure_relay(
-                args, origin_port, origin.pid, scheme, workdir
-            )
+            scheme: await measure_relay(args, origin_port, origin.pid, scheme, workdir)
             for scheme in args.schemes
         }
     finally:

@@ -67,7 +67,7 @@ from ._events import (
 from ._forward import ConnectionPool, ForwardLimits, forward
 from ._frames import MAX_FRAME_LENGTH
 from ._link import CLOSE_GOING_AWAY, Link, LinkClosed
-from ._mux import Connection, Role
+from ._mux import Connection, ConnectionState, Role
 from ._policy import Refusal, Target, decide
 from ._version import __version__
 
@@ -153,9 +153,12 @@ class _Exchange:
         view = memoryview(data)
         while view or end:
             window = await self.link.wait_send_window(self.stream_id) if view else 0
-            chunk, view = view[:window], view[window:]
+            # The data as it is when it fits whole; a copy of a slice if not.
+            whole = len(view) == len(data) <= window
+            chunk = data if whole else bytes(view[:window])
+            view = view[len(chunk) :]
             last = end and not view
-            self.link.conn.send_data(self.stream_id, bytes(chunk), end_stream=last)
+            self.link.conn.send_data(self.stream_id, chunk, end_stream=last)
             self.link.flush()
             if last:
                 return
@@ -367,7 +370,7 @@ class Agent:
 
             async def handshake_deadline() -> None:
                 await trio.sleep(settings.handshake_timeout)
-                if conn.state.value == "handshake":
+                if conn.state is ConnectionState.HANDSHAKE:
                     link.close("the hub did not finish the handshake in time")
 
             session.start_soon(handshake_deadline)
