@@ -69,7 +69,8 @@ frames = st.builds(
     st.binary(max_size=300),
 )
 token = st.text(
-    alphabet="!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+    alphabet="!#$%&'*+-.^_`|~0123456789"
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
     min_size=1,
     max_size=20,
 )

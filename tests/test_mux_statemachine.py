@@ -282,14 +282,16 @@ class MuxMachine(RuleBasedStateMachine):
     def open_stream(self, end: bool) -> None:
         hub = self.hub
         if hub.local_going_away or hub.remote_going_away:
-            before = (hub._last_stream_id, hub._sealer.counter)  # type: ignore[union-attr]
+            sealer = hub._sealer
+            assert sealer is not None
+            before = (hub._last_stream_id, sealer.counter)
             try:
                 hub.open_stream("t", HEAD, end_stream=end)
             except LocalProtocolError:
                 pass
             else:
                 raise AssertionError("opened a stream while going away")
-            assert (hub._last_stream_id, hub._sealer.counter) == before  # type: ignore[union-attr]
+            assert (hub._last_stream_id, sealer.counter) == before
             return
         stream_id = hub.open_stream("t", HEAD, end_stream=end)
         assert stream_id not in self.streams

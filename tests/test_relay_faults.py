@@ -302,6 +302,10 @@ def _sealed_ping(link: Link) -> list[bytes]:
 
 
 async def _inject(link: Link, kind: str) -> None:
+    # Frames the link's writer still holds would reach the agent after ours
+    # and carry lower counters: let them out first.
+    link.flush()
+    await link.wait_written()
     ws = link.ws
     if kind == "short":
         await ws.send_message(struct.pack(">I", 4) + b"junk")

@@ -22,7 +22,16 @@ import trustelem_relay
 PACKAGE_DIR = pathlib.Path(trustelem_relay.__file__).parent
 
 #: The protocol core.
-CORE = ["_errors", "_events", "_keys", "_frames", "_session", "_handshake", "_mux"]
+CORE = [
+    "_errors",
+    "_events",
+    "_keys",
+    "_frames",
+    "_session",
+    "_handshake",
+    "_streams",
+    "_mux",
+]
 
 #: Pure modules next to it, checked when they exist.
 PURE = [name for name in ["_policy"] if (PACKAGE_DIR / f"{name}.py").exists()]

@@ -70,7 +70,8 @@ if TYPE_CHECKING:
     from ._config import AgentConfig
     from ._dial import HubConnectError
     from ._forward import ForwardLimits
-    from ._hub import AgentInfo, Hub, Response, ServiceInfo
+    from ._hub import Hub
+    from ._hub_session import AgentInfo, Response, ServiceInfo
     from ._hubconfig import HubConfig, HubLimits
     from ._hubstore import HubStore, MemoryStore, SQLiteStore
     from ._transport import RelayTransport
@@ -82,10 +83,10 @@ _LAZY = {
     "AgentConfig": "._config",
     "HubConnectError": "._dial",
     "ForwardLimits": "._forward",
-    "AgentInfo": "._hub",
+    "AgentInfo": "._hub_session",
     "Hub": "._hub",
-    "Response": "._hub",
-    "ServiceInfo": "._hub",
+    "Response": "._hub_session",
+    "ServiceInfo": "._hub_session",
     "HubConfig": "._hubconfig",
     "HubLimits": "._hubconfig",
     "HubStore": "._hubstore",

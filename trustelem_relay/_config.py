@@ -15,28 +15,23 @@ connect.toml or in a separate file (``service_id_file``); wherever it is,
 the file must be a regular file of ours that no group or other user can
 open, and the error says which ``chmod`` fixes it.
 
-Editing (``set-target``, ``remove-target``) goes through :mod:`tomlkit`, so
-the operator's comments, blank lines and key order survive. An edit runs in
-this order: validate the arguments; read the file and check it is valid as
-it stands; apply the change to the tomlkit document; check that the new
-text parses to exactly the old data plus the change, and is still valid;
-write a temporary file in the same directory with the original mode, fsync
-it and :func:`os.replace` it over the original. Any failure before the
-replace leaves the file byte-for-byte unchanged. Two edits racing each
-other are not serialised: the last one wins.
-
 Relative paths in the file (``state_dir``, ``service_id_file``,
 ``ca_file``, ``hub_ca_file``) are taken from the file's own directory, not
 the working directory, and made absolute, so the agent behaves the same
 wherever it starts.
+
+This module is the loading layer. The private files (the state directory,
+secret files, atomic writes) live in :mod:`._secrets`, beneath it; editing
+lives in :mod:`._config_edit`, above it, and is re-exported from here only
+lazily, on first use, so that loading never imports editing.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import difflib
+import importlib
 import ipaddress
 import json
 import os
@@ -44,17 +39,13 @@ import pathlib
 import re
 import shlex
 import stat
-import tempfile
 import tomllib
 import types
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import SplitResult, urlsplit
 
 import attrs
-import tomlkit
-import tomlkit.exceptions
-from tomlkit.items import InlineTable
 
 from ._errors import ConfigError
 from ._keys import validate_service_id
@@ -66,15 +57,21 @@ from ._policy import (
     parse_host,
     parse_target_name,
 )
+from ._secrets import (
+    _os_error,
+    ensure_state_dir,
+    read_secret_file,
+    write_secret_file,
+)
+
+if TYPE_CHECKING:
+    from ._config_edit import list_targets, remove_target, set_target
 
 #: The environment variable naming the config file when --config is absent.
 CONFIG_ENV = "TRUSTELEM_CONNECT_CONFIG"
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-
-# Secret files are tiny; anything bigger is not what we think it is.
-_MAX_SECRET_FILE = 4096
 
 _TOP_KEYS = (
     "service_id",
@@ -443,10 +440,6 @@ def _read(path: pathlib.Path) -> tuple[bytes, os.stat_result]:
         raise _os_error(file, "read it", exc) from None
 
 
-def _os_error(file: str, doing: str, exc: OSError) -> ConfigError:
-    return ConfigError(f"{file}: cannot {doing}: {exc.strerror or exc}")
-
-
 def _checker(path: pathlib.Path) -> _Checker:
     return _Checker(os.fspath(path), path.absolute().parent)
 
@@ -534,294 +527,35 @@ class AgentConfig:
 
 
 # --------------------------------------------------------------------------
-# State directory and secret files
+# Re-exports
+
+#: Names that load their module on first use: name -> module. Editing
+#: imports this module, so importing it from here eagerly would be a cycle.
+_LAZY = {
+    "list_targets": "._config_edit",
+    "remove_target": "._config_edit",
+    "set_target": "._config_edit",
+}
 
 
-def _check_private(shown: str, info: os.stat_result, what: str, mode: str) -> None:
-    """Refuse a file or directory that is not ours alone."""
-    if info.st_uid != os.geteuid():
-        uid = os.geteuid()
-        raise ConfigError(
-            f"{shown}: the {what} is owned by uid {info.st_uid}, not by this user"
-            f" (uid {uid}); fix with: chown {uid} {shlex.quote(shown)}"
-        )
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        raise ConfigError(
-            f"{shown}: the {what} is accessible to group or others"
-            f" (mode {stat.S_IMODE(info.st_mode):04o}); fix with:"
-            f" chmod {mode} {shlex.quote(shown)}"
-        )
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __package__), name)
+    globals()[name] = value
+    return value
 
 
-def ensure_state_dir(path: str | os.PathLike[str]) -> pathlib.Path:
-    """Create the state directory (mode 0700) or check the existing one.
-
-    An existing directory must be a real directory (not a symlink), owned
-    by the current user and closed to group and others; otherwise
-    ConfigError says how to fix it. Returns the path.
-    """
-    path = pathlib.Path(path)
-    shown = os.fspath(path)
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        try:
-            path.mkdir(mode=0o700, parents=True)
-            # mkdir's mode passes through the umask; set it exactly.
-            os.chmod(path, 0o700)
-        except OSError as exc:
-            raise _os_error(shown, "create the state directory", exc) from None
-        return path
-    except OSError as exc:
-        raise _os_error(shown, "inspect the state directory", exc) from None
-
-    if stat.S_ISLNK(info.st_mode):
-        raise ConfigError(
-            f"{shown}: the state directory is a symlink; name the real directory"
-        )
-    if not stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"{shown}: the state directory exists but is not a directory")
-    _check_private(shown, info, "state directory", "700")
-    return path
-
-
-def read_secret_file(path: str | os.PathLike[str]) -> str:
-    """Read a secret from a private file, stripped of surrounding whitespace.
-
-    Refuses a symlink, anything but a regular file, a file owned by another
-    user and a file that group or others may access; each message says how
-    to fix it. The secret itself never appears in a message.
-    """
-    shown = os.fspath(path)
-    try:
-        # O_NOFOLLOW makes opening a symlink fail, with no race between a
-        # check and the open; O_NONBLOCK keeps a FIFO from hanging us.
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise ConfigError(f"{shown}: no such secret file") from None
-    except OSError as exc:
-        if os.path.islink(path):
-            raise ConfigError(
-                f"{shown}: a secret file must not be a symlink; put the file"
-                " itself here"
-            ) from None
-        raise _os_error(shown, "read the secret file", exc) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{shown}: a secret file must be a regular file")
-        _check_private(shown, info, "secret file", "600")
-        raw = b""
-        while len(raw) <= _MAX_SECRET_FILE:
-            chunk = os.read(fd, _MAX_SECRET_FILE + 1 - len(raw))
-            if not chunk:
-                break
-            raw += chunk
-    finally:
-        os.close(fd)
-    if len(raw) > _MAX_SECRET_FILE:
-        raise ConfigError(f"{shown}: the secret file is too large to hold a secret")
-    try:
-        return raw.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ConfigError(f"{shown}: the secret file is not UTF-8 text") from None
-
-
-def _atomic_write(
-    path: pathlib.Path, data: bytes, mode: int, owner: tuple[int, int] | None = None
-) -> None:
-    """Replace *path* with *data* atomically.
-
-    The temporary file is created in the same directory (so the rename
-    cannot cross filesystems) with mode 0600, and gets *mode* before any
-    byte is written: the content is never visible more widely than asked.
-    """
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            os.fchmod(stream.fileno(), mode)
-            if owner is not None:
-                os.fchown(stream.fileno(), *owner)
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-    # Make the rename itself durable; some filesystems refuse, harmlessly.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def write_secret_file(path: str | os.PathLike[str], text: str) -> None:
-    """Write *text* to *path* atomically, with mode 0600 from the start."""
-    path = pathlib.Path(path)
-    try:
-        _atomic_write(path, text.encode("utf-8"), 0o600)
-    except OSError as exc:
-        raise _os_error(os.fspath(path), "write the secret file", exc) from None
-
-
-# --------------------------------------------------------------------------
-# Editing
-
-# A table header line, and the header of one target's table. Both are only
-# used to find lines; whatever they find is checked by parsing the result.
-_HEADER_RE = re.compile(r"\s*\[")
-_COMMENT_RE = re.compile(r"\s*#")
-_TARGET_HEADER = (
-    r"""\s*\[\s*target\s*\.\s*(?:{name}|"{name}"|'{name}')\s*\]\s*(?:#.*)?"""
-)
-
-
-def _without_empty_targets(data: dict[str, Any]) -> dict[str, Any]:
-    # An empty [target] table and no table at all mean the same thing.
-    if data.get("target") == {}:
-        return {key: value for key, value in data.items() if key != "target"}
-    return data
-
-
-def _edit(
-    path: str | os.PathLike[str],
-    change: Callable[[str, dict[str, Any]], str],
-) -> None:
-    """Rewrite the file with ``change(text, data)``, then write it back.
-
-    *change* returns the new text and edits *data* (what tomllib made of
-    the old text) to what the new text must parse to. The file is only
-    written if that holds and the new data passes the schema check.
-    """
-    path = pathlib.Path(path)
-    check = _checker(path)
-    raw, info = _read(path)
-    data = _loads(check, raw)
-    _parse(check, data)
-
-    unsafe = check.fail(
-        "", "this layout cannot be edited safely; edit the file by hand"
-    )
-    try:
-        new_text = change(raw.decode("utf-8"), data)
-    except tomlkit.exceptions.TOMLKitError:
-        raise unsafe from None
-    new_data = _loads(check, new_text.encode("utf-8"))
-    if _without_empty_targets(new_data) != _without_empty_targets(data):
-        raise unsafe
-    _parse(check, new_data)
-
-    # Root editing another user's file must leave it readable by that user.
-    owner = None
-    if os.geteuid() == 0 and (info.st_uid, info.st_gid) != (0, 0):
-        owner = (info.st_uid, info.st_gid)
-    # Edit the file a symlink points to, rather than replace the link.
-    real = path.resolve()
-    try:
-        _atomic_write(real, new_text.encode("utf-8"), stat.S_IMODE(info.st_mode), owner)
-    except OSError as exc:
-        raise _os_error(check.file, "write it", exc) from None
-
-
-def set_target(path: str | os.PathLike[str], name: str, addr: str) -> None:
-    """Declare target *name* at *addr*, or change the address of an existing
-    one, keeping its other keys. The file must exist and be valid.
-
-    Raises ConfigError, leaving the file untouched, on any problem.
-    """
-    check = _checker(pathlib.Path(path))
-    name = check.parsed("", parse_target_name, name)
-    host, port = check.parsed(f"{_target_key(name)}.addr", parse_addr, addr)
-    canonical = Target(name=name, host=host, port=port).addr
-
-    def change(text: str, data: dict[str, Any]) -> str:
-        data.setdefault("target", {}).setdefault(name, {})["addr"] = canonical
-        document = tomlkit.parse(text)
-        if "target" not in document:
-            document.add("target", tomlkit.table(is_super_table=True))
-        tables: Any = document["target"]
-        if name in tables:
-            # Assigning to an existing key keeps its trailing comment.
-            tables[name]["addr"] = canonical
-        else:
-            inline = isinstance(tables, InlineTable)
-            entry = tomlkit.inline_table() if inline else tomlkit.table()
-            entry.add("addr", canonical)
-            tables.add(name, entry)
-        return document.as_string()
-
-    _edit(path, change)
-
-
-def _cut_target_table(text: str, name: str) -> str | None:
-    """Remove ``[target.NAME]`` and its lines from *text*, or return None
-    when the file does not have that layout.
-
-    The comment lines right above the header go with the table; the
-    comment lines right above the next header belong to that table and
-    stay.
-    """
-    lines = text.splitlines(keepends=True)
-    header = re.compile(_TARGET_HEADER.format(name=re.escape(name)))
-    found = [i for i, line in enumerate(lines) if header.fullmatch(line.rstrip("\r\n"))]
-    if len(found) != 1:
-        return None
-    start = found[0]
-    end = next(
-        (i for i in range(start + 1, len(lines)) if _HEADER_RE.match(lines[i])),
-        len(lines),
-    )
-    while start > 0 and _COMMENT_RE.match(lines[start - 1]):
-        start -= 1
-    while end > start and _COMMENT_RE.match(lines[end - 1]):
-        end -= 1
-    if end == len(lines):
-        # The last table went: drop the blank lines that separated it.
-        while start > 0 and not lines[start - 1].strip():
-            start -= 1
-    return "".join(lines[:start] + lines[end:])
-
-
-def remove_target(path: str | os.PathLike[str], name: str) -> None:
-    """Remove target *name*; it is an error if no such target is declared.
-
-    In the usual layout the table goes with the comment lines right above
-    its header; any other layout is edited with tomlkit, which removes the
-    target's keys and leaves every comment.
-    """
-    check = _checker(pathlib.Path(path))
-    name = check.parsed("", parse_target_name, name)
-
-    def change(text: str, data: dict[str, Any]) -> str:
-        tables = data.get("target", {})
-        if name not in tables:
-            declared = ", ".join(tables) or "none"
-            raise check.fail("", f"no target named {name} (declared: {declared})")
-        del tables[name]
-        cut = _cut_target_table(text, name)
-        if cut is not None:
-            return cut
-        document = tomlkit.parse(text)
-        container: Any = document["target"]
-        del container[name]
-        return document.as_string()
-
-    _edit(path, change)
-
-
-def list_targets(path: str | os.PathLike[str]) -> list[Target]:
-    """The targets declared in *path*, in file order.
-
-    The whole file is checked against the schema, but no secret file is
-    read and no permission is checked: listing needs no secret.
-    """
-    path = pathlib.Path(path)
-    check = _checker(path)
-    raw, _ = _read(path)
-    return list(_parse(check, _loads(check, raw)).targets.values())
+__all__ = [
+    "CONFIG_ENV",
+    "AgentConfig",
+    "ensure_state_dir",
+    "list_targets",
+    "parse_pin",
+    "read_secret_file",
+    "redact_url",
+    "remove_target",
+    "set_target",
+    "write_secret_file",
+]

@@ -23,7 +23,8 @@ Bytes that the proxy sent after the blank line ending its 2xx answer are
 already the hub's: h11 keeps them as trailing data, and the tunnel stream
 hands them out first, before reading the socket again. Nothing is dropped
 and nothing is refused; a hub that speaks first (or a proxy that forwards
-eagerly) works.
+eagerly) works. The proxy's part (its URL, the CONNECT exchange and the
+tunnel stream) lives in :mod:`._proxy`, loaded only when a proxy is used.
 
 Every failure comes out as :class:`HubConnectError`, one readable line,
 with the low-level error chained; ``permanent`` says when retrying soon is
@@ -53,7 +54,6 @@ operator sees.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import pathlib
@@ -62,8 +62,8 @@ import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import h11
 import trio
@@ -71,7 +71,10 @@ import trio_websocket
 
 from ._errors import ConfigError, RelayError
 from ._forward_tls import pin_matches
-from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._proxy import _parse_proxy_url as _parse_proxy_url
+    from ._proxy import _ProxyAddress
 
 __all__ = [
     "HubConnectError",
@@ -81,9 +84,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("trustelem_relay.dial")
-
-# The proxy's answer to CONNECT is a short header block; h11 caps it at 16 KiB.
-_PROXY_READ_SIZE = 4096
 
 _DEFAULT_PORTS = {"ws": 80, "wss": 443}
 
@@ -128,17 +128,6 @@ class _HubAddress:
         return self.authority
 
 
-@dataclass(frozen=True)
-class _ProxyAddress:
-    tls: bool
-    host: str
-    port: int
-    # How messages name the proxy: user shown, password replaced by ***.
-    display: str
-    # The header value is as secret as the password it encodes.
-    authorization: str | None = field(repr=False)
-
-
 def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -168,53 +157,6 @@ def _parse_hub_url(hub_url: str) -> _HubAddress:
         host=parts.hostname,
         port=port if port is not None else _DEFAULT_PORTS[parts.scheme],
         resource=resource,
-    )
-
-
-def _parse_proxy_url(proxy: str) -> _ProxyAddress:
-    # The URL holds a password: no part of it may reach an error message, so
-    # every problem gets the same fixed sentence and nothing is chained.
-    invalid = HubConnectError(
-        "proxy URL is not valid: expected http:// or https://"
-        "[user:password@]host:port, with reserved characters in the user and "
-        "password percent-encoded",
-        permanent=True,
-    )
-    parts: urllib.parse.SplitResult | None
-    try:
-        parts = urllib.parse.urlsplit(proxy)
-        port = parts.port
-    except ValueError:
-        # Raised below, outside this block, so that not even __context__
-        # keeps urllib's message (which quotes the URL).
-        parts, port = None, None
-    if (
-        parts is None
-        or parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or port is None
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-    ):
-        raise invalid
-
-    authorization = None
-    display = f"{parts.scheme}://{_authority(parts.hostname, port)}"
-    if parts.username is not None:
-        user = urllib.parse.unquote(parts.username)
-        password = urllib.parse.unquote(parts.password or "")
-        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        authorization = f"Basic {token}"
-        display = (
-            f"{parts.scheme}://{parts.username}:***@{_authority(parts.hostname, port)}"
-        )
-    return _ProxyAddress(
-        tls=parts.scheme == "https",
-        host=parts.hostname,
-        port=port,
-        display=display,
-        authorization=authorization,
     )
 
 
@@ -275,6 +217,8 @@ async def open_hub_stream(
     The caller owns the returned stream and must close it. Raises
     :class:`HubConnectError`; nothing stays open after a failure.
     """
+    from ._proxy import _parse_proxy_url
+
     hub = _parse_hub_url(hub_url)
     proxy_address = None if proxy is None else _parse_proxy_url(proxy)
     if pin_sha256 is not None and (not hub.tls or len(pin_sha256) != 32):
@@ -346,10 +290,12 @@ class _Dialer:
             host, port = proxy.host, proxy.port
             logger.debug("reaching the hub at %s through %s", hub.authority, where)
         self.step = f"connecting to {where}"
-        with self._translate(f"cannot connect to {where}"):
+        with _translate(f"cannot connect to {where}"):
             self.stream = await trio.open_tcp_stream(host, port)
 
         if proxy is not None:
+            from ._proxy import _open_tunnel
+
             # TLS to the proxy itself, then the tunnel through it.
             if proxy.tls:
                 assert self.proxy_ssl_context is not None
@@ -357,7 +303,7 @@ class _Dialer:
                     self.stream, self.proxy_ssl_context, proxy.host, where
                 )
             self.step = f"waiting for {where} to open a tunnel to {hub.authority}"
-            self.stream = await self._tunnel(self.stream, proxy)
+            self.stream = await _open_tunnel(self.stream, proxy, hub.authority)
             logger.debug("tunnel to %s open through %s", hub.authority, where)
 
         if hub.tls:
@@ -380,7 +326,7 @@ class _Dialer:
             stream, context, server_hostname=host, https_compatible=True
         )
         self.stream = tls
-        with self._translate(f"TLS handshake with {who} failed"):
+        with _translate(f"TLS handshake with {who} failed"):
             await tls.do_handshake()
         return tls
 
@@ -402,94 +348,22 @@ class _Dialer:
                 permanent=True,
             )
 
-    async def _tunnel(
-        self, stream: trio.abc.Stream, proxy: _ProxyAddress
-    ) -> trio.abc.Stream:
-        target = self.hub.authority
-        headers = [("Host", target), ("User-Agent", f"trustelem-relay/{__version__}")]
-        if proxy.authorization is not None:
-            headers.append(("Proxy-Authorization", proxy.authorization))
-        client = h11.Connection(h11.CLIENT)
 
-        # Send the request.
-        with self._translate(f"the proxy {proxy.display} failed"):
-            request = _h11_bytes(
-                client, h11.Request(method="CONNECT", target=target, headers=headers)
-            )
-            await stream.send_all(request + _h11_bytes(client, h11.EndOfMessage()))
-
-            # Read the answer up to the end of its head.
-            response = await _receive_response(client, stream, proxy)
-
-        # Judge it.
-        status = response.status_code
-        if 200 <= status < 300:
-            leftover, _ = client.trailing_data
-            return _TunnelStream(stream, leftover)
-        reason = _printable(response.reason)
-        if status == 407:
-            raise HubConnectError(
-                f"proxy {proxy.display} refused the credentials (407)", permanent=True
-            )
-        # A 4xx is the proxy's policy (forbidden destination, bad request);
-        # 408, 429 and 5xx can pass.
-        permanent = 400 <= status < 500 and status not in (408, 429)
+@contextmanager
+def _translate(what: str) -> Iterator[None]:
+    """Turn the errors of sockets, TLS and h11 into HubConnectError."""
+    try:
+        yield
+    except HubConnectError:
+        raise
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        verification = _find_cause(exc, ssl.SSLCertVerificationError)
         raise HubConnectError(
-            f"proxy {proxy.display} refused the tunnel to {target}: "
-            f"HTTP {status} {reason}".rstrip(),
-            permanent=permanent,
-        )
-
-    @contextmanager
-    def _translate(self, what: str) -> Iterator[None]:
-        """Turn the errors of sockets, TLS and h11 into HubConnectError."""
-        try:
-            yield
-        except HubConnectError:
-            raise
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            verification = _find_cause(exc, ssl.SSLCertVerificationError)
-            raise HubConnectError(
-                f"{what}: {_reason(exc)}", permanent=verification is not None
-            ) from exc
-        except h11.ProtocolError as exc:
-            # h11's message may quote the proxy's bytes; it stays in the chain.
-            raise HubConnectError(f"{what}: malformed HTTP response") from exc
-
-
-async def _receive_response(
-    client: h11.Connection, stream: trio.abc.Stream, proxy: _ProxyAddress
-) -> h11.Response:
-    while True:
-        event = client.next_event()
-        if event is h11.NEED_DATA:
-            data = await stream.receive_some(_PROXY_READ_SIZE)
-            if not data:
-                # h11 would call this a protocol error; it is a plain hang-up.
-                raise HubConnectError(
-                    f"the proxy {proxy.display} closed the connection without "
-                    "answering CONNECT"
-                )
-            client.receive_data(bytes(data))
-        elif isinstance(event, h11.Response):
-            return event
-        elif not isinstance(event, h11.InformationalResponse):
-            raise HubConnectError(
-                f"the proxy {proxy.display} sent {type(event).__name__} instead of "
-                "an answer to CONNECT"
-            )
-
-
-def _h11_bytes(connection: h11.Connection, event: h11.Event) -> bytes:
-    data = connection.send(event)
-    assert data is not None  # only ConnectionClosed gives None
-    return data
-
-
-def _printable(reason: bytes) -> str:
-    # The reason phrase is the proxy's free text: keep one short, plain line.
-    text = reason.decode("ascii", "replace")[:80]
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
+            f"{what}: {_reason(exc)}", permanent=verification is not None
+        ) from exc
+    except h11.ProtocolError as exc:
+        # h11's message may quote the proxy's bytes; it stays in the chain.
+        raise HubConnectError(f"{what}: malformed HTTP response") from exc
 
 
 def _find_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -534,46 +408,6 @@ def _os_reason(exc: BaseException) -> str:
     if exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
-
-
-class _TunnelStream(trio.abc.Stream):
-    """The stream through the proxy's tunnel.
-
-    It first hands out the bytes the proxy sent after its answer (which h11
-    had already read), then reads the underlying stream. One reader at a
-    time, as for any trio stream.
-    """
-
-    def __init__(self, transport: trio.abc.Stream, leftover: bytes) -> None:
-        self.transport = transport
-        self._leftover = leftover
-
-    @property
-    def socket(self) -> trio.socket.SocketType:
-        """The TCP socket to the proxy, for trio-websocket's endpoint display."""
-        stream: Any = self.transport
-        while not isinstance(stream, trio.SocketStream):
-            stream = stream.transport_stream
-        return stream.socket
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if not self._leftover:
-            return await self.transport.receive_some(max_bytes)
-        # Checkpoint before taking the bytes, so a cancellation loses none.
-        await trio.lowlevel.checkpoint()
-        size = len(self._leftover) if max_bytes is None else max_bytes
-        chunk, self._leftover = self._leftover[:size], self._leftover[size:]
-        return chunk
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.transport.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.transport.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        self._leftover = b""
-        await self.transport.aclose()
 
 
 # --------------------------------------------------------------------------
@@ -681,3 +515,14 @@ class _ReaderWatcher:
                 self.ended.set()
 
         self._nursery.start_soon(reader, name=name or "websocket reader")
+
+
+def __getattr__(name: str) -> Any:
+    # ._proxy builds on this module (HubConnectError, _authority,
+    # _translate), so it is loaded on first use; the name stays importable
+    # from here as it was before the split.
+    if name == "_parse_proxy_url":
+        from . import _proxy
+
+        return _proxy._parse_proxy_url
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

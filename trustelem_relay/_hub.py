@@ -26,11 +26,9 @@ process (``hub rotate-service``) has its live sessions closed within
 from __future__ import annotations
 
 import logging
-import secrets
 import ssl
 import urllib.parse
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import attrs
@@ -44,32 +42,21 @@ from ._errors import (
     Overloaded,
     RequestError,
     RequestTooLarge,
-    ResponseTooLarge,
     SessionLost,
     StreamErrorCode,
     TimeoutAfterSending,
     TimeoutBeforeSending,
-    error_for_code,
 )
 from ._events import (
-    DataReceived,
-    Event,
-    GoAwayReceived,
-    HandshakeComplete,
-    InfoReceived,
     RequestHead,
-    ResponseHead,
-    ResponseReceived,
-    StreamEnded,
-    StreamReset,
 )
 from ._frames import MAX_FRAME_LENGTH
+from ._hub_session import AgentInfo, Pending, Response, ServiceInfo, Session
 from ._hubconfig import HubLimits
-from ._hubstore import AgentSession, HubStore, MemoryStore, ServiceKeys, SQLiteStore
+from ._hubstore import AgentSession, HubStore, MemoryStore, SQLiteStore
 from ._keys import lookup_id, validate_service_id
 from ._link import CLOSE_REPLACED, CLOSE_ROTATED, Link, LinkClosed
 from ._mux import Connection, ConnectionState, Role
-from ._version import __version__
 
 logger = logging.getLogger("trustelem_relay.hub")
 
@@ -78,159 +65,6 @@ _MAX_LOOKUPS = 64
 
 #: Methods that may be retried when nothing left the hub.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-
-
-@attrs.frozen
-class Response:
-    """What :meth:`Hub.request` returns."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    reason: str = ""
-    request_id: str = ""
-
-
-@attrs.frozen
-class ServiceInfo:
-    """A newly created or rotated service. ``service_id`` is shown once."""
-
-    name: str
-    service_id: str = attrs.field(repr=False)
-
-
-@attrs.frozen
-class AgentInfo:
-    """One connected agent, as the hub sees it."""
-
-    session_id: str
-    agent_id: str
-    version: str
-    hostname: str
-    targets: tuple[str, ...]
-    since: datetime
-    peer: str
-    in_flight: int
-    draining: bool
-
-
-class _Pending:
-    """One request waiting for its answer."""
-
-    def __init__(self, request_id: str, max_body: int) -> None:
-        self.request_id = request_id
-        self.head: ResponseHead | None = None
-        # The body's chunks, joined once at the end: growing one buffer
-        # would copy (and fault in) a large body over and over.
-        self.body: list[bytes] = []
-        self.size = 0
-        self.max_body = max_body
-        self.error: RequestError | None = None
-        self.done = trio.Event()
-
-
-class _Session:
-    """One agent's live session inside the hub."""
-
-    def __init__(self, hub: Hub, link: Link, peer: str) -> None:
-        self.hub = hub
-        self.link = link
-        self.peer = peer
-        self.session_id = secrets.token_hex(4)
-        self.keys: ServiceKeys | None = None
-        self.agent_id = ""
-        self.version = ""
-        self.hostname = ""
-        self.targets: tuple[str, ...] = ()
-        self.since = datetime.now(UTC)
-        self.ready = False
-        self.draining = False
-        self.pending: dict[int, _Pending] = {}
-
-    @property
-    def service_name(self) -> str:
-        return self.keys.service_name if self.keys else "?"
-
-    def info(self) -> AgentInfo:
-        return AgentInfo(
-            session_id=self.session_id,
-            agent_id=self.agent_id,
-            version=self.version,
-            hostname=self.hostname,
-            targets=self.targets,
-            since=self.since,
-            peer=self.peer,
-            in_flight=len(self.pending),
-            draining=self.draining,
-        )
-
-    def usable(self) -> bool:
-        return self.ready and not self.draining and self.link.is_open
-
-    # Events arrive here in order, from the link's reader task.
-    def on_event(self, event: Event) -> None:
-        if isinstance(event, DataReceived):
-            self._on_data(event)
-        elif isinstance(event, ResponseReceived):
-            pending = self.pending.get(event.stream_id)
-            if pending is not None:
-                pending.head = event.head
-        elif isinstance(event, StreamEnded):
-            pending = self.pending.pop(event.stream_id, None)
-            if pending is not None:
-                pending.done.set()
-                self.hub._changed()
-        elif isinstance(event, StreamReset):
-            pending = self.pending.pop(event.stream_id, None)
-            if pending is not None:
-                pending.error = error_for_code(
-                    event.code,
-                    f"the agent answered: {event.message}",
-                    may_have_reached_target=event.may_have_reached_target,
-                    request_id=pending.request_id,
-                )
-                pending.done.set()
-                self.hub._changed()
-        elif isinstance(event, HandshakeComplete):
-            self.link.conn.send_info({"session": self.session_id, "hub": __version__})
-        elif isinstance(event, InfoReceived):
-            self.hub._register(self, event.info)
-        elif isinstance(event, GoAwayReceived):
-            self.draining = True
-            logger.info("[%s] agent %s is draining", self.session_id, self.agent_id)
-            self.hub._changed()
-
-    def _on_data(self, event: DataReceived) -> None:
-        conn = self.link.conn
-        pending = self.pending.get(event.stream_id)
-        if pending is None:
-            conn.acknowledge_data(event.stream_id, len(event.data))
-            return
-        pending.body.append(event.data)
-        pending.size += len(event.data)
-        conn.acknowledge_data(event.stream_id, len(event.data))
-        if pending.size > pending.max_body:
-            conn.reset_stream(
-                event.stream_id,
-                StreamErrorCode.RESPONSE_TOO_LARGE,
-                "response over the hub's limit",
-            )
-            self.pending.pop(event.stream_id, None)
-            pending.body = []
-            pending.error = ResponseTooLarge(
-                f"the response is over {pending.max_body} bytes",
-                request_id=pending.request_id,
-            )
-            pending.done.set()
-
-    def fail_all(self, reason: str) -> None:
-        for pending in self.pending.values():
-            pending.error = SessionLost(
-                f"the session to the agent was lost ({reason})",
-                request_id=pending.request_id,
-            )
-            pending.done.set()
-        self.pending.clear()
 
 
 class Hub:
@@ -258,7 +92,7 @@ class Hub:
         self.path = path
         self.handshake_timeout = handshake_timeout
         self.rotation_poll = rotation_poll
-        self._registry: dict[str, list[_Session]] = {}
+        self._registry: dict[str, list[Session]] = {}
         # service_id -> lookup id: a keyed hash, computed once per id. The
         # store is still asked on every request (rotations must show).
         self._lookups: dict[str, bytes] = {}
@@ -313,7 +147,7 @@ class Hub:
     # ------------------------------------------------------------------
     # The registry
 
-    def _register(self, session: _Session, info: dict[str, object]) -> None:
+    def _register(self, session: Session, info: dict[str, object]) -> None:
         if session.ready or session.keys is None:
             return
         session.agent_id = _text(info.get("agent_id"), 32) or session.session_id
@@ -360,7 +194,7 @@ class Hub:
         )
         self._changed()
 
-    def _unregister(self, session: _Session, reason: str) -> None:
+    def _unregister(self, session: Session, reason: str) -> None:
         sessions = self._registry.get(session.service_name, [])
         if session in sessions:
             sessions.remove(session)
@@ -433,7 +267,7 @@ class Hub:
         await self._run_session(ws, peer)
 
     async def _run_session(self, ws: WebSocketConnection, peer: str) -> None:
-        session: _Session
+        session: Session
 
         def resolve(lookup: bytes) -> bytes | None:
             keys = self.store.resolve_lookup(lookup)
@@ -447,7 +281,7 @@ class Hub:
             on_event=lambda event: session.on_event(event),
             log=logging.LoggerAdapter(logger, {}),
         )
-        session = _Session(self, link, peer)
+        session = Session(link, peer, on_change=self._changed, on_info=self._register)
         limits = self.limits
 
         async with trio.open_nursery() as nursery:
@@ -488,7 +322,7 @@ class Hub:
     # ------------------------------------------------------------------
     # Relaying requests
 
-    def _pick(self, name: str, exclude: Iterable[_Session]) -> _Session | None:
+    def _pick(self, name: str, exclude: Iterable[Session]) -> Session | None:
         candidates = [
             s
             for s in self._registry.get(name, [])
@@ -527,7 +361,7 @@ class Hub:
                 f"{self.limits.max_request_body}"
             )
         head = _request_head(method, url, headers)
-        tried: list[_Session] = []
+        tried: list[Session] = []
 
         while True:
             session = self._pick(name, tried)
@@ -554,7 +388,7 @@ class Hub:
 
     async def _request_on(
         self,
-        session: _Session,
+        session: Session,
         target: str,
         head: RequestHead,
         body: bytes,
@@ -573,7 +407,7 @@ class Hub:
                 ) from exc
             raise RequestError(str(exc), may_have_reached_target=False) from exc
         request_id = f"{session.session_id}.{stream_id}"
-        pending = _Pending(request_id, self.limits.max_response_body)
+        pending = Pending(request_id, self.limits.max_response_body)
         session.pending[stream_id] = pending
         sequence = link.flush()
         self._changed()

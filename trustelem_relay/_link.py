@@ -199,20 +199,40 @@ class Link:
     # ------------------------------------------------------------------
     # Receiving
 
+    def _arrived(self) -> list[str | bytes]:
+        """Messages trio-websocket already queued, taken without yielding.
+
+        Handling them without yielding in between lets the writer send the
+        answers to all of them in one write. Only for trio-websocket
+        connections (the queue is a private attribute of the pinned version).
+        """
+        messages: list[str | bytes] = []
+        if not self._batching:
+            return messages
+        channel = self.ws._recv_channel
+        while True:
+            try:
+                messages.append(channel.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                # Nothing more now; an end shows at the next get_message.
+                return messages
+
     async def _reader(self) -> None:
         conn = self.conn
         while True:
-            message = await self.ws.get_message()
-            if isinstance(message, str):
-                message = message.encode("utf-8")
-            events = conn.receive_message(message)
-            for event in events:
-                if isinstance(event, WindowUpdated):
-                    self.wake_senders()
-                elif isinstance(event, PongReceived):
-                    self._pong.set()
-                self._on_event(event)
-            self.flush()
+            messages = [await self.ws.get_message(), *self._arrived()]
+            for message in messages:
+                if isinstance(message, str):
+                    message = message.encode("utf-8")
+                for event in conn.receive_message(message):
+                    if isinstance(event, WindowUpdated):
+                        self.wake_senders()
+                    elif isinstance(event, PongReceived):
+                        self._pong.set()
+                    self._on_event(event)
+                # Queue answers in the order their causes arrived; the
+                # writer still sends everything queued in one write.
+                self.flush()
 
     async def _heartbeat(self, interval: float, deadline: float) -> None:
         sequence = 0

@@ -15,7 +15,7 @@ END_STREAM, or with a RESET carrying a :class:`StreamErrorCode` and whether
 the target may have seen the request. Either end may RESET at any time.
 
 Stream states follow a table keyed by (state, input), as in h2: anything
-missing from :data:`_TRANSITIONS` is illegal. A local violation raises
+missing from :data:`._streams._TRANSITIONS` is illegal. A local violation raises
 :class:`LocalProtocolError` and changes nothing; a remote violation inside a
 stream resets that stream with PROTOCOL_ERROR and the session goes on; a
 violation of the envelope, the crypto or the session rules raises a
@@ -29,6 +29,7 @@ WINDOW frame only after its user calls :meth:`Connection.acknowledge_data`
 for bytes it has consumed, so a slow consumer stops the sender and the bytes
 buffered anywhere never exceed the windows, whatever the size of a body.
 Credit is returned in batches (a quarter of the window) to save frames.
+:mod:`._streams` describes the table and the credit fields in detail.
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ import json
 import os
 import time
 from collections.abc import Callable
-
-import attrs
 
 from ._errors import (
     FrameTooLarge,
@@ -87,10 +86,29 @@ from ._frames import (
 )
 from ._handshake import AgentHandshake, Established, HubHandshake
 from ._session import Opener, Sealer
-from ._version import PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN
+from ._streams import (
+    _TRANSITIONS,
+    MAX_WINDOW,
+    FlowControlError,
+    Settings,
+    StreamState,
+    _Input,
+    _Stream,
+)
 
-#: Largest window either side may reach; keeps counters in 31 bits.
-MAX_WINDOW = (1 << 31) - 1
+__all__ = [
+    "MAX_PING",
+    "MAX_STREAM_ID",
+    "MAX_WINDOW",
+    "_TRANSITIONS",
+    "Connection",
+    "ConnectionState",
+    "FlowControlError",
+    "Role",
+    "Settings",
+    "StreamState",
+    "_Input",
+]
 
 #: Largest PING payload.
 MAX_PING = 64
@@ -98,9 +116,9 @@ MAX_PING = 64
 #: Largest stream id (the envelope's field is 32 bits).
 MAX_STREAM_ID = (1 << 32) - 1
 
-
-class FlowControlError(RemoteProtocolError):
-    """The peer sent more DATA than the credit it was given."""
+# Short names for the stream table's states and inputs, as in _streams.
+_S = StreamState
+_I = _Input
 
 
 class Role(enum.Enum):
@@ -112,81 +130,6 @@ class ConnectionState(enum.Enum):
     HANDSHAKE = "handshake"
     OPEN = "open"
     CLOSED = "closed"
-
-
-class StreamState(enum.Enum):
-    OPEN = "open"
-    HALF_CLOSED_LOCAL = "half-closed (local)"
-    HALF_CLOSED_REMOTE = "half-closed (remote)"
-    CLOSED = "closed"
-
-
-class _Input(enum.Enum):
-    SEND_DATA = "send data"
-    SEND_END = "send end"
-    RECV_DATA = "receive data"
-    RECV_END = "receive end"
-
-
-_S = StreamState
-_I = _Input
-_TRANSITIONS: dict[tuple[StreamState, _Input], StreamState] = {
-    (_S.OPEN, _I.SEND_DATA): _S.OPEN,
-    (_S.OPEN, _I.RECV_DATA): _S.OPEN,
-    (_S.OPEN, _I.SEND_END): _S.HALF_CLOSED_LOCAL,
-    (_S.OPEN, _I.RECV_END): _S.HALF_CLOSED_REMOTE,
-    (_S.HALF_CLOSED_LOCAL, _I.RECV_DATA): _S.HALF_CLOSED_LOCAL,
-    (_S.HALF_CLOSED_LOCAL, _I.RECV_END): _S.CLOSED,
-    (_S.HALF_CLOSED_REMOTE, _I.SEND_DATA): _S.HALF_CLOSED_REMOTE,
-    (_S.HALF_CLOSED_REMOTE, _I.SEND_END): _S.CLOSED,
-}
-
-
-@attrs.frozen
-class Settings:
-    """Tunables of one connection; both ends should use the same windows."""
-
-    #: Credit each stream starts with, in each direction.
-    stream_window: int = attrs.field(default=256 * 1024)
-    #: Credit the whole session starts with, in each direction.
-    session_window: int = attrs.field(default=4 * 1024 * 1024)
-    #: (agent) Streams open at once before new ones are refused OVERLOADED.
-    max_open_streams: int = 1024
-    #: Protocol versions spoken, lowest and highest.
-    versions: tuple[int, int] = (PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX)
-
-    def __attrs_post_init__(self) -> None:
-        for name in ("stream_window", "session_window"):
-            value = getattr(self, name)
-            if not MAX_PAYLOAD <= value <= MAX_WINDOW:
-                raise ValueError(f"{name} must be {MAX_PAYLOAD}-{MAX_WINDOW}")
-
-
-class _Stream:
-    """Book-keeping for one stream. ``recv_credit`` is what the peer may
-    still send; ``unacked`` what arrived and was not acknowledged yet;
-    ``pending_ack`` what was acknowledged but not yet returned as credit."""
-
-    __slots__ = (
-        "id",
-        "local_head",
-        "pending_ack",
-        "recv_credit",
-        "remote_head",
-        "send_credit",
-        "state",
-        "unacked",
-    )
-
-    def __init__(self, stream_id: int, window: int) -> None:
-        self.id = stream_id
-        self.state = StreamState.OPEN
-        self.local_head = False
-        self.remote_head = False
-        self.send_credit = window
-        self.recv_credit = window
-        self.unacked = 0
-        self.pending_ack = 0
 
 
 class Connection:

@@ -38,7 +38,8 @@ import trio
 from trustelem_relay._agent import Agent, AgentSettings
 from trustelem_relay._config import AgentConfig
 from trustelem_relay._errors import RequestError
-from trustelem_relay._hub import Hub, Response, ServiceInfo, _Session
+from trustelem_relay._hub import Hub
+from trustelem_relay._hub_session import Response, ServiceInfo, Session
 from trustelem_relay._hubconfig import HubLimits
 
 from .origin import Exchange
@@ -427,7 +428,7 @@ class World:
         self.relays.append(relay)
         return relay
 
-    def sessions(self) -> list[_Session]:
+    def sessions(self) -> list[Session]:
         """The hub's registered sessions of ``acme``, in registration order."""
         return list(self.hub._registry.get(self.service.name, []))
 
