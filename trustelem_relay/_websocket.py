@@ -41,7 +41,7 @@ from typing import cast
 
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -100,7 +100,7 @@ class WebSocket:
     def __init__(
         self,
         stream: trio.abc.Stream,
-        protocol: WSConnection,
+        protocol: Connection,
         *,
         max_message_size: int,
         receive_size: int = RECEIVE_SIZE,
@@ -288,8 +288,8 @@ class WebSocket:
                     self._closed = ConnectionClosed(code, reason)
                     with trio.move_on_after(self.close_timeout):
                         await self._wait_close_reply()
-            self._closed = self._closed or ConnectionClosed(code, reason)
         finally:
+            self._closed = self._closed or ConnectionClosed(code, reason)
             self._stream_closed = True
             with trio.move_on_after(self.close_timeout):
                 # trio closes the stream even when this is cancelled.
@@ -355,7 +355,7 @@ async def connect(
                     if isinstance(event, AcceptConnection):
                         return WebSocket(
                             stream,
-                            protocol,
+                            _frame_layer(protocol),
                             max_message_size=max_message_size,
                             receive_size=receive_size,
                         )
@@ -430,8 +430,20 @@ async def _answer(
         await stream.send_all(protocol.send(RejectConnection(status_code=404)))
         return None
     await stream.send_all(protocol.send(AcceptConnection()))
+    frames = _frame_layer(protocol)
     # h11 keeps what followed the request; the frame layer must see it.
     trailing, _ = protocol.handshake._h11_connection.trailing_data
     if trailing:
-        protocol.receive_data(bytes(trailing))
-    return WebSocket(stream, protocol, max_message_size=max_message_size)
+        frames.receive_data(bytes(trailing))
+    return WebSocket(stream, frames, max_message_size=max_message_size)
+
+
+def _frame_layer(protocol: WSConnection) -> Connection:
+    """The open connection behind ``protocol``, without the handshake.
+
+    Holding only it lets the handshake's h11 state go, and spares every
+    read a pass over the (empty) handshake events.
+    """
+    if protocol.connection is None:
+        raise LocalProtocolError("the websocket handshake is not complete")
+    return protocol.connection
