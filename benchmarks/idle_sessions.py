@@ -3,13 +3,12 @@
 A full :class:`trustelem_relay.Agent` per session would cost this process a
 lot for nothing: an idle session only needs to finish the handshake,
 describe itself and answer the hub's heartbeats. So each session here is the
-sans-IO :class:`trustelem_relay.Connection` in agent role over a
-trio-websocket client (on TLS for wss), exactly the bytes a real agent
-sends. Each
-session describes itself with its own agent id (the hub would otherwise
-replace one by the next), then sends a PING: the PONG comes after the hub
-has handled the description, so once every session has its PONG, every
-session is registered in the hub.
+sans-IO :class:`trustelem_relay.Connection` in agent role over the
+package's own websocket client (on TLS for wss), exactly the bytes a real
+agent sends. Each session describes itself with its own agent id (the hub
+would otherwise replace one by the next), then sends a PING: the PONG comes
+after the hub has handled the description, so once every session has its
+PONG, every session is registered in the hub.
 """
 
 from __future__ import annotations
@@ -17,10 +16,10 @@ from __future__ import annotations
 import ssl
 
 import trio
-import trio_websocket
 
 import trustelem_relay
 from trustelem_relay import HandshakeComplete, PongReceived, Role
+from trustelem_relay._websocket import connect
 
 #: The hub's limit, plus the length prefix the agent also allows.
 MAX_MESSAGE = 65_900
@@ -68,37 +67,35 @@ class IdleSessions:
         stream = await trio.open_tcp_stream("127.0.0.1", self._port)
         if self._ca is not None:
             stream = trio.SSLStream(stream, self._ca, server_hostname="127.0.0.1")
-        async with trio.open_nursery() as nursery:
-            ws = await trio_websocket.wrap_client_stream(
-                nursery,
-                stream,
-                "127.0.0.1",
-                "/v1/connect",
-                max_message_size=MAX_MESSAGE,
-            )
+        ws = await connect(
+            stream, "127.0.0.1", "/v1/connect", max_message_size=MAX_MESSAGE, timeout=60
+        )
+        try:
             conn = trustelem_relay.Connection(
                 Role.AGENT, service_id=self._service_id, clock=trio.current_time
             )
-            for frame in conn.data_to_send():
-                await ws.send_message(frame)
+            await ws.send_messages(conn.data_to_send())
             while True:
-                message = await ws.get_message()
-                assert isinstance(message, bytes)
-                for event in conn.receive_data(message):
-                    if isinstance(event, HandshakeComplete):
-                        conn.send_info(
-                            {
-                                "agent_id": f"bench{number:06d}",
-                                "version": "bench",
-                                "hostname": "bench",
-                                "targets": ["origin"],
-                            }
-                        )
-                        conn.ping(READY)
-                    elif isinstance(event, PongReceived) and event.payload == READY:
-                        self._ready += 1
-                        limiter.release_on_behalf_of(number)
-                        self._changed.set()
-                        self._changed = trio.Event()
-                for frame in conn.data_to_send():
-                    await ws.send_message(frame)
+                for message in await ws.receive_messages():
+                    for event in conn.receive_data(message):
+                        if isinstance(event, HandshakeComplete):
+                            conn.send_info(
+                                {
+                                    "agent_id": f"bench{number:06d}",
+                                    "version": "bench",
+                                    "hostname": "bench",
+                                    "targets": ["origin"],
+                                }
+                            )
+                            conn.ping(READY)
+                        elif isinstance(event, PongReceived) and event.payload == READY:
+                            self._ready += 1
+                            limiter.release_on_behalf_of(number)
+                            self._changed.set()
+                            self._changed = trio.Event()
+                frames = conn.data_to_send()
+                if frames:
+                    await ws.send_messages(frames)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)

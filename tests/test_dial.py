@@ -82,7 +82,10 @@ async def assert_echoes(stream: trio.abc.Stream, url: str) -> None:
         )
         try:
             await ws.send_message(b"hello hub")
-            assert await ws.get_message() == b"hello hub"
+            received: list[bytes] = []
+            while not received:
+                received += await ws.receive_messages()
+            assert received == [b"hello hub"]
         finally:
             await ws.aclose()
 

@@ -38,7 +38,6 @@ from pathlib import Path
 
 import attrs
 import trio
-from trio_websocket import WebSocketConnection
 
 from ._config import AgentConfig, ensure_state_dir, redact_url
 from ._dial import HubConnectError, hub_ssl_context, open_hub_stream, open_hub_websocket
@@ -70,6 +69,7 @@ from ._link import CLOSE_GOING_AWAY, Link, LinkClosed
 from ._mux import Connection, ConnectionState, Role
 from ._policy import Refusal, Target, decide
 from ._version import __version__
+from ._websocket import WebSocket
 
 logger = logging.getLogger("trustelem_relay.agent")
 
@@ -326,27 +326,25 @@ class Agent:
         except HubConnectError as exc:
             return self._fail(f"cannot reach the hub: {exc}", permanent=exc.permanent)
 
-        async with trio.open_nursery() as nursery:
-            try:
-                ws = await open_hub_websocket(
-                    nursery,
-                    stream,
-                    config.hub,
-                    max_message_size=MAX_FRAME_LENGTH + 4,
-                    receive_buffer_size=RECEIVE_BUFFER,
-                )
-            except HubConnectError as exc:
-                return self._fail(
-                    f"the hub refused the websocket: {exc}", permanent=exc.permanent
-                )
-            try:
-                return await self._run_link(ws)
-            finally:
-                # When the hub closed first, the websocket leaves it open.
-                await trio.aclose_forcefully(stream)
-                nursery.cancel_scope.cancel()
+        try:
+            ws = await open_hub_websocket(
+                None,
+                stream,
+                config.hub,
+                max_message_size=MAX_FRAME_LENGTH + 4,
+                receive_buffer_size=RECEIVE_BUFFER,
+            )
+        except HubConnectError as exc:
+            return self._fail(
+                f"the hub refused the websocket: {exc}", permanent=exc.permanent
+            )
+        try:
+            return await self._run_link(ws)
+        finally:
+            # The link closes the websocket; this covers a failure before.
+            await trio.aclose_forcefully(stream)
 
-    async def _run_link(self, ws: WebSocketConnection) -> bool:
+    async def _run_link(self, ws: WebSocket) -> bool:
         conn = Connection(
             Role.AGENT, service_id=self.config.service_id, clock=trio.current_time
         )

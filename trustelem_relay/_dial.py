@@ -34,11 +34,10 @@ not match the pin, a URL that cannot work). The proxy's password and the
 proxy is always shown as ``scheme://user:***@host:port``.
 
 :func:`open_hub_websocket` then runs the websocket opening handshake over
-that stream with :func:`trio_websocket.wrap_client_stream`, which leaves the
-socket for us to own and close (``open_websocket_url`` leaks it when the
-server closes first). A refused upgrade, or a hub that hangs up during the
-handshake, is turned into :class:`HubConnectError` at once instead of
-tearing down the caller's nursery or waiting forever.
+that stream with :func:`._websocket.connect`; the websocket it returns owns
+the stream and closes it. A refused upgrade, a hub that hangs up during the
+handshake or one that does not answer in time is turned into
+:class:`HubConnectError`.
 
 Deliberately not done: proxy schemes other than Basic (no NTLM or
 Negotiate), a second CONNECT on the same connection after a 407, proxy
@@ -60,17 +59,17 @@ import pathlib
 import socket
 import ssl
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import h11
 import trio
-import trio_websocket
 
 from ._errors import ConfigError, RelayError
 from ._forward_tls import pin_matches
+from ._websocket import UpgradeFailed, WebSocket, connect
 
 if TYPE_CHECKING:
     from ._proxy import _parse_proxy_url as _parse_proxy_url
@@ -415,106 +414,65 @@ def _os_reason(exc: BaseException) -> str:
 
 
 async def open_hub_websocket(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery | None,
     stream: trio.abc.Stream,
     hub_url: str,
     *,
     max_message_size: int,
     receive_buffer_size: int,
     handshake_timeout: float = 15.0,
-) -> trio_websocket.WebSocketConnection:
+) -> WebSocket:
     """Run the websocket opening handshake over ``stream``; return the socket.
 
     ``stream`` comes from :func:`open_hub_stream`; this function owns it from
-    now on: on failure it is closed, on success the connection closes it.
-    The connection's reader task runs in ``nursery``, which must outlive the
-    connection. Close the connection with ``await ws.aclose()`` in a
-    ``finally``: that also closes the stream, even when cancelled.
+    now on: on failure it is closed, on success the websocket closes it.
+    ``nursery`` is no longer used (the websocket has no task of its own) and
+    is kept for callers written against the earlier signature. Close the
+    websocket with ``await ws.aclose()`` in a ``finally``: that also closes
+    the stream, even when cancelled. ``receive_buffer_size`` is the size of
+    each read from the stream.
 
     Raises :class:`HubConnectError` when the hub refuses the upgrade (4xx
     other than 408 and 429 are permanent), hangs up during the handshake or
     does not answer within ``handshake_timeout`` seconds.
     """
     hub = _parse_hub_url(hub_url)
-    watcher = _ReaderWatcher(nursery)
-    connection: trio_websocket.WebSocketConnection | None = None
-
-    async def handshake() -> None:
-        nonlocal connection
-        connection = await trio_websocket.wrap_client_stream(
-            # Duck-typed: wrap_client_stream only calls start_soon on it.
-            cast("trio.Nursery", watcher),
-            # Annotated as socket or TLS stream, but any trio Stream works.
-            cast("trio.SocketStream", stream),
+    where = f"the hub at {hub.authority}"
+    try:
+        ws = await connect(
+            stream,
             hub.host_header,
             hub.resource,
             max_message_size=max_message_size,
-            receive_buffer_size=receive_buffer_size,
+            timeout=handshake_timeout,
+            receive_size=receive_buffer_size,
         )
-        race.cancel_scope.cancel()
-
-    try:
-        with trio.fail_after(handshake_timeout):
-            async with trio.open_nursery() as race:
-                race.start_soon(handshake)
-                # The reader ends before the handshake only when it failed.
-                await watcher.ended.wait()
-                race.cancel_scope.cancel()
-    except trio.TooSlowError as exc:
+    except UpgradeFailed as exc:
         await trio.aclose_forcefully(stream)
+        status = exc.status_code
+        if exc.kind == "timeout":
+            raise HubConnectError(
+                f"{where} did not complete the websocket handshake "
+                f"within {handshake_timeout:g} s"
+            ) from exc.__cause__
+        if status is not None:
+            raise HubConnectError(
+                f"{where} refused the websocket upgrade of {hub.resource}: "
+                f"HTTP {status}",
+                permanent=400 <= status < 500 and status not in (408, 429),
+            ) from exc
+        if exc.kind == "closed":
+            raise HubConnectError(
+                f"{where} closed the connection during the websocket handshake"
+            ) from exc
         raise HubConnectError(
-            f"the hub at {hub.authority} did not complete the websocket handshake "
-            f"within {handshake_timeout:g} s"
+            f"{where} sent an invalid answer to the websocket upgrade"
         ) from exc
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
-    if connection is not None:
-        logger.debug("websocket to %s%s open", hub.authority, hub.resource)
-        return connection
-
-    await trio.aclose_forcefully(stream)
-    where = f"the hub at {hub.authority}"
-    if watcher.rejected is not None:
-        status = watcher.rejected.status_code
-        raise HubConnectError(
-            f"{where} refused the websocket upgrade of {hub.resource}: HTTP {status}",
-            permanent=400 <= status < 500 and status not in (408, 429),
-        ) from watcher.rejected
-    raise HubConnectError(
-        f"{where} closed the connection during the websocket handshake"
-    )
-
-
-class _ReaderWatcher:
-    """Just enough of a nursery for :func:`trio_websocket.wrap_client_stream`.
-
-    It starts the connection's reader task in the real nursery and records
-    how it ended: a refused upgrade (which would otherwise crash the caller's
-    nursery) is kept in ``rejected``, and ``ended`` is set when the reader
-    stops, which before the handshake completes means the handshake failed
-    (trio-websocket would wait for it forever).
-    """
-
-    def __init__(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
-        self.ended = trio.Event()
-        self.rejected: trio_websocket.ConnectionRejected | None = None
-
-    def start_soon(
-        self, async_fn: Callable[[], Awaitable[object]], *, name: object = None
-    ) -> None:
-        async def reader() -> None:
-            try:
-                await async_fn()
-            except trio_websocket.ConnectionRejected as exc:
-                # Only the opening handshake can be rejected; it is reported
-                # by open_hub_websocket.
-                self.rejected = exc
-            finally:
-                self.ended.set()
-
-        self._nursery.start_soon(reader, name=name or "websocket reader")
+    logger.debug("websocket to %s%s open", hub.authority, hub.resource)
+    return ws
 
 
 def __getattr__(name: str) -> Any:

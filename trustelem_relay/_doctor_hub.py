@@ -21,7 +21,6 @@ import time
 import urllib.parse
 
 import trio
-import trio_websocket
 
 from ._config import AgentConfig, redact_url
 from ._dial import HubConnectError, hub_ssl_context, open_hub_stream, open_hub_websocket
@@ -47,6 +46,7 @@ from ._events import HandshakeComplete, PongReceived
 from ._frames import MAX_FRAME_LENGTH
 from ._link import CLOSE_NORMAL
 from ._mux import Connection, Role
+from ._websocket import ConnectionClosed, WebSocket
 
 __all__ = ["HubChecks"]
 
@@ -93,29 +93,24 @@ class HubChecks:
                 return
             self.report.line(outcome, check, detail)
 
-        # Nothing below raises: a nursery would wrap it in a group.
-        async with trio.open_nursery() as nursery:
-            try:
-                ws = await open_hub_websocket(
-                    nursery,
-                    stream,
-                    config.hub,
-                    max_message_size=MAX_FRAME_LENGTH + 4,
-                    receive_buffer_size=_READ_SIZE,
-                    handshake_timeout=self.timeout,
-                )
-            except HubConnectError as exc:
-                self.report.fail("hub websocket", str(exc))
-            else:
-                self.report.ok("hub websocket", f"upgrade of {resource} accepted")
-                try:
-                    await self._handshake(ws, config.service_id)
-                finally:
-                    with trio.CancelScope(shield=True), trio.move_on_after(2):
-                        await ws.aclose(CLOSE_NORMAL, "doctor finished")
-                    # When the hub closed first, aclose leaves the stream open.
-                    await trio.aclose_forcefully(stream)
-            nursery.cancel_scope.cancel()
+        try:
+            ws = await open_hub_websocket(
+                None,
+                stream,
+                config.hub,
+                max_message_size=MAX_FRAME_LENGTH + 4,
+                receive_buffer_size=_READ_SIZE,
+                handshake_timeout=self.timeout,
+            )
+        except HubConnectError as exc:
+            self.report.fail("hub websocket", str(exc))
+            return
+        self.report.ok("hub websocket", f"upgrade of {resource} accepted")
+        try:
+            await self._handshake(ws, config.service_id)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await ws.aclose(CLOSE_NORMAL, "doctor finished")
 
     async def _hub_stream(
         self, config: AgentConfig, plain_url: str, authority: str
@@ -160,9 +155,7 @@ class HubChecks:
         await stream.aclose()
         self.report.ok(check, f"{shown} reachable in {_ms(started)}")
 
-    async def _handshake(
-        self, ws: trio_websocket.WebSocketConnection, service_id: str
-    ) -> None:
+    async def _handshake(self, ws: WebSocket, service_id: str) -> None:
         """HELLO, WELCOME, CONFIRM, then a PING the hub must answer."""
         check = "hub handshake"
         conn = Connection(Role.AGENT, service_id=service_id, clock=trio.current_time)
@@ -172,18 +165,17 @@ class HubChecks:
         try:
             with _bounded(self.timeout, "from the hub during the relay handshake"):
                 while not answered:
-                    for frame in conn.data_to_send():
-                        await ws.send_message(frame)
-                    message = await ws.get_message()
-                    if isinstance(message, str):
-                        message = message.encode("utf-8")
-                    for event in conn.receive_message(message):
-                        if isinstance(event, HandshakeComplete):
-                            # Only a hub that accepted CONFIRM answers this.
-                            complete = event
-                            conn.ping(_PING)
-                        elif isinstance(event, PongReceived):
-                            answered = complete is not None
+                    frames = conn.data_to_send()
+                    if frames:
+                        await ws.send_messages(frames)
+                    for message in await ws.receive_messages():
+                        for event in conn.receive_message(message):
+                            if isinstance(event, HandshakeComplete):
+                                # Only a hub that accepted CONFIRM answers this.
+                                complete = event
+                                conn.ping(_PING)
+                            elif isinstance(event, PongReceived):
+                                answered = complete is not None
         except _Failed as exc:
             self.report.fail(check, str(exc))
             return
@@ -196,9 +188,8 @@ class HubChecks:
         except (HandshakeError, RemoteProtocolError) as exc:
             self.report.fail(check, f"{type(exc).__name__}: {exc}")
             return
-        except trio_websocket.ConnectionClosed as exc:
-            reason = exc.reason
-            said = "" if reason is None else f" ({reason.code} {reason.reason or ''})"
+        except ConnectionClosed as exc:
+            said = f" ({exc.code} {exc.reason})".replace(" )", ")")
             stage = "after CONFIRM" if complete is not None else "before WELCOME"
             self.report.fail(
                 check,

@@ -25,6 +25,7 @@ process (``hub rotate-service``) has its live sessions closed within
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 import urllib.parse
@@ -33,7 +34,6 @@ from pathlib import Path
 
 import attrs
 import trio
-from trio_websocket import WebSocketConnection, WebSocketRequest, serve_websocket
 
 from ._errors import (
     AgentUnavailable,
@@ -57,6 +57,7 @@ from ._hubstore import AgentSession, HubStore, MemoryStore, SQLiteStore
 from ._keys import lookup_id, validate_service_id
 from ._link import CLOSE_REPLACED, CLOSE_ROTATED, Link, LinkClosed
 from ._mux import Connection, ConnectionState, Role
+from ._websocket import WebSocket, accept
 
 logger = logging.getLogger("trustelem_relay.hub")
 
@@ -236,37 +237,51 @@ class Hub:
         """Listen for agents on ``host:port``; report the bound port."""
         self.store.clear_sessions()
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                lambda task_status: serve_websocket(
-                    self._handle,
-                    host,
-                    port,
-                    ssl_context,
-                    max_message_size=MAX_FRAME_LENGTH + 4,
-                    receive_buffer_size=256 * 1024,
-                    task_status=task_status,
+            listeners: list[trio.abc.Listener[trio.abc.Stream]]
+            if ssl_context is None:
+                listeners = await nursery.start(
+                    functools.partial(trio.serve_tcp, self._handle, port, host=host)
                 )
-            )
+            else:
+                # https_compatible: agents that vanish send no close_notify.
+                listeners = await nursery.start(
+                    functools.partial(
+                        trio.serve_ssl_over_tcp,
+                        self._handle,
+                        port,
+                        ssl_context,
+                        host=host,
+                        https_compatible=True,
+                    )
+                )
+            bound = _listener_port(listeners[0])
             nursery.start_soon(self._watch_rotation)
             logger.info(
                 "hub listening for agents on %s:%d%s (%s)",
                 host,
-                server.port,
+                bound,
                 self.path,
                 "wss" if ssl_context else "ws",
             )
-            task_status.started(server.port)
+            task_status.started(bound)
 
-    async def _handle(self, request: WebSocketRequest) -> None:
-        if urllib.parse.urlsplit(request.path).path != self.path:
-            await request.reject(404)
-            return
-        ws = await request.accept()
-        remote = ws.remote
-        peer = f"{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"
-        await self._run_session(ws, peer)
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        try:
+            ws = await accept(
+                stream,
+                path=self.path,
+                max_message_size=MAX_FRAME_LENGTH + 4,
+                timeout=self.handshake_timeout,
+            )
+            if ws is not None:
+                try:
+                    await self._run_session(ws, ws.remote)
+                finally:
+                    await ws.aclose()
+        finally:
+            await trio.aclose_forcefully(stream)
 
-    async def _run_session(self, ws: WebSocketConnection, peer: str) -> None:
+    async def _run_session(self, ws: WebSocket, peer: str) -> None:
         session: Session
 
         def resolve(lookup: bytes) -> bytes | None:
@@ -480,6 +495,16 @@ class Hub:
             chunk, view = view[:window], view[window:]
             conn.send_data(stream_id, bytes(chunk), end_stream=not view)
             link.flush()
+
+
+def _listener_port(listener: trio.abc.Listener[trio.abc.Stream]) -> int:
+    """The port a trio TCP listener (bare or under TLS) is bound to."""
+    while isinstance(listener, trio.SSLListener):
+        listener = listener.transport_listener
+    if not isinstance(listener, trio.SocketListener):
+        raise TypeError(f"not a TCP listener: {listener!r}")
+    port: int = listener.socket.getsockname()[1]
+    return port
 
 
 def _text(value: object, limit: int) -> str:

@@ -3,12 +3,12 @@
 Theory of operation
 -------------------
 A :class:`Link` drives a sans-IO :class:`~._mux.Connection` over a
-trio-websocket connection. It owns two loops that run in the session's
-nursery:
+:class:`~._websocket.WebSocket`. It owns two loops that run in the
+session's nursery:
 
-* the *reader* takes each websocket message, feeds it to the connection and
-  hands every event to the role's handler (agent or hub), synchronously, so
-  events of one stream keep their order;
+* the *reader* reads the websocket itself (no task in between), feeds each
+  message to the connection and hands every event to the role's handler
+  (agent or hub), synchronously, so events of one stream keep their order;
 * the *writer* is the only task that sends. Code anywhere calls
   :meth:`Link.flush` after touching the connection; the writer then sends
   the queued frames, in the order they were sealed (their counters demand
@@ -31,12 +31,11 @@ from collections import deque
 from collections.abc import Callable
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
-from wsproto.events import BytesMessage
 
 from ._errors import HandshakeError, RemoteProtocolError
 from ._events import Event, PongReceived, WindowUpdated
 from ._mux import Connection, ConnectionState
+from ._websocket import ConnectionClosed, WebSocket
 
 #: Websocket close codes used by the runtime (4000-4999 are private use).
 CLOSE_NORMAL = 1000
@@ -72,7 +71,7 @@ class Link:
     def __init__(
         self,
         conn: Connection,
-        ws: WebSocketConnection,
+        ws: WebSocket,
         *,
         on_event: Callable[[Event], None],
         log: logging.LoggerAdapter[logging.Logger],
@@ -86,9 +85,6 @@ class Link:
         self._wake_writer = trio.Event()
         # Set by the writer after each write; see wait_written.
         self._written = trio.Event()
-        # Whether the writer may join frames into one write (see
-        # _send_frames); it needs trio-websocket's connection class.
-        self._batching = isinstance(ws, WebSocketConnection)
         # Replaced each time credit arrives; waiters re-check their window.
         self._window_changed = trio.Event()
         self._pong = trio.Event()
@@ -148,32 +144,18 @@ class Link:
                 self._written.set()
 
     async def _send_frames(self, frames: list[bytes]) -> None:
-        """Send each frame as one websocket message, all in one write.
-
-        trio-websocket writes every message with its own ``send_all``: a
-        syscall and a wake-up of the peer per frame. Here the messages are
-        framed by its wsproto connection and written under its stream lock,
-        the same steps as its ``send_message``, but together.
-        """
-        ws = self.ws
-        if not self._batching:
-            for frame in frames:
-                await ws.send_message(frame)
-                self.frames_sent += 1
-            return
-        if ws._close_reason:
-            raise ConnectionClosed(ws._close_reason)
-        data = b"".join([ws._wsproto.send(BytesMessage(data=f)) for f in frames])
-        async with ws._stream_lock:
-            try:
-                await ws._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await ws._abort_web_socket()
-                raise ConnectionClosed(ws._close_reason) from None
-            finally:
-                # Once the write began, any frame of it may have reached the
-                # peer: count them all, so "not sent" stays a certainty.
-                self.frames_sent += len(frames)
+        """Send each frame as one websocket message, all in one write."""
+        closed = self.ws.closed
+        if closed is not None:
+            raise ConnectionClosed(closed.code, closed.reason)
+        before = self.ws.messages_sent
+        try:
+            await self.ws.send_messages(frames)
+        finally:
+            # Once the write began, any frame of it may have reached the
+            # peer: count them all, so "not sent" stays a certainty; none
+            # count when it never began (closed or cancelled before).
+            self.frames_sent += self.ws.messages_sent - before
 
     async def wait_send_window(self, stream_id: int) -> int:
         """Wait until the stream may send; return how many bytes.
@@ -199,31 +181,13 @@ class Link:
     # ------------------------------------------------------------------
     # Receiving
 
-    def _arrived(self) -> list[str | bytes]:
-        """Messages trio-websocket already queued, taken without yielding.
-
-        Handling them without yielding in between lets the writer send the
-        answers to all of them in one write. Only for trio-websocket
-        connections (the queue is a private attribute of the pinned version).
-        """
-        messages: list[str | bytes] = []
-        if not self._batching:
-            return messages
-        channel = self.ws._recv_channel
-        while True:
-            try:
-                messages.append(channel.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                # Nothing more now; an end shows at the next get_message.
-                return messages
-
     async def _reader(self) -> None:
         conn = self.conn
+        receive_messages = self.ws.receive_messages
         while True:
-            messages = [await self.ws.get_message(), *self._arrived()]
-            for message in messages:
-                if isinstance(message, str):
-                    message = message.encode("utf-8")
+            # Everything one read completed is handled without yielding, so
+            # the writer sends the answers to all of it in one write.
+            for message in await receive_messages():
                 for event in conn.receive_message(message):
                     if isinstance(event, WindowUpdated):
                         self.wake_senders()
@@ -278,10 +242,8 @@ class Link:
                     # clauses below want the one that ended the loops.
                     raise _first_cause(group) from None
         except ConnectionClosed as exc:
-            reason = "websocket closed"
-            if exc.reason is not None:
-                said = f"{exc.reason.code} {exc.reason.reason or ''}".strip()
-                reason += f" by the peer ({said})"
+            said = f"{exc.code} {exc.reason}".strip()
+            reason = f"websocket closed by the peer ({said})"
         except RemoteProtocolError as exc:
             reason = f"{type(exc).__name__}: {exc}"
             self.error = exc
@@ -296,8 +258,8 @@ class Link:
             reason = exc.reason
             self._close_code = CLOSE_DEAD
         except trio.Cancelled:
-            # Cancelled from outside: the websocket's own reader is being
-            # cancelled too, so the peer's close reply can never be read.
+            # Cancelled from outside: no time to wait for the peer's reply
+            # to our close frame.
             reason = "shut down"
             self._close_grace = 0.1
             raise
@@ -330,12 +292,14 @@ class Link:
     async def _close_websocket(self) -> None:
         # A last frame (a REJECT) may still be queued for the peer.
         with trio.CancelScope(shield=True), trio.move_on_after(self._close_grace):
-            for frame in self.conn.data_to_send():
+            last = self.conn.data_to_send()
+            if last:
                 try:
-                    await self.ws.send_message(frame)
+                    await self.ws.send_messages(last)
                 except ConnectionClosed:
-                    break
+                    pass
             self.conn.close()
+            self.ws.close_timeout = self._close_grace
             await self.ws.aclose(self._close_code, (self.closed_reason or "")[:100])
 
     @property

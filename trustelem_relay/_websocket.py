@@ -1,0 +1,449 @@
+"""A small websocket layer on wsproto, driven by the caller's own tasks.
+
+Theory of operation
+-------------------
+wsproto turns bytes into websocket events and events into bytes; this
+module adds the I/O, and nothing else. A :class:`WebSocket` has no task of
+its own: whoever reads calls :meth:`WebSocket.receive_messages`, which does
+one ``receive_some`` and returns every binary message that read completed,
+in order (often several, sometimes none). Whoever writes calls
+:meth:`WebSocket.send_messages`, which frames all its messages and writes
+them with one ``send_all``. A library with a reader task of its own hands
+every message to the consumer through a channel: two task switches per
+message on each side, which is what the relay's profile was made of.
+
+Control frames are answered by the reader itself: a Ping gets its Pong, a
+Close gets its reply (RFC 6455, section 5.5.1) and then raises
+:class:`ConnectionClosed`. Since the reader may thus write while the
+writer writes, every write goes through one FIFO lock, and a message is
+framed under that lock, so that nothing is framed after a close frame.
+
+Messages are assembled from wsproto's partial payloads; one that grows past
+``max_message_size`` closes the connection with 1009 (section 7.4.1). A
+text message is handed over encoded as UTF-8: the relay's peers send only
+binary messages, and the frame layer refuses what is not one of its frames.
+
+The opening handshake is :func:`connect` (client) and :func:`accept`
+(server). Bytes the peer sent right after its half of the handshake are
+kept: wsproto hands the client's trailing bytes to the connection itself,
+and :func:`accept` feeds the server's (which h11 keeps) explicitly.
+
+Deliberately not done: extensions (permessage-deflate would cost CPU on
+sealed, incompressible frames), subprotocols, sending fragmented messages,
+and a close timeout other than the caller's: :meth:`WebSocket.aclose`
+waits at most ``close_timeout`` seconds for the peer's reply.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import cast
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+__all__ = ["ConnectionClosed", "UpgradeFailed", "WebSocket", "accept", "connect"]
+
+#: Bytes asked of the stream per read.
+RECEIVE_SIZE = 256 * 1024
+
+CLOSE_ABNORMAL = 1006
+CLOSE_TOO_BIG = 1009
+
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class ConnectionClosed(Exception):
+    """The websocket is closed; ``code`` and ``reason`` are the close frame's.
+
+    1006 means the connection ended without a close frame.
+    """
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"websocket closed ({code} {reason})".replace(" )", ")"))
+        self.code = code
+        self.reason = reason
+
+
+class UpgradeFailed(Exception):
+    """The opening handshake did not complete.
+
+    ``kind`` says how: ``"refused"`` (``status_code`` is the HTTP status),
+    ``"closed"`` (the peer hung up), ``"timeout"`` or ``"invalid"`` (the
+    answer broke RFC 6455, section 4).
+    """
+
+    def __init__(self, message: str, kind: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status_code = status_code
+
+
+class WebSocket:
+    """An open websocket over a trio stream; see the module docstring.
+
+    One task at a time may call :meth:`receive_messages`; any task may send.
+    The websocket owns the stream: :meth:`aclose` closes it.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        protocol: Connection,
+        *,
+        max_message_size: int,
+        receive_size: int = RECEIVE_SIZE,
+    ) -> None:
+        self._stream = stream
+        self._protocol = protocol
+        self._max_message_size = max_message_size
+        self._receive_size = receive_size
+        # Held while framing and writing, by the writer or by the reader's
+        # answers to control frames.
+        self._send_lock = trio.StrictFIFOLock()
+        # Payloads of the message being received, and their total length.
+        self._parts: list[bytes] = []
+        self._size = 0
+        # Set once the websocket is closed, by either side or by a failure.
+        self._closed: ConnectionClosed | None = None
+        self._stream_closed = False
+        # wsproto may hold events from the handshake's read: look first.
+        self._pending = True
+        #: Messages of :meth:`send_messages` whose write has begun (all of
+        #: a write that failed part-way count: any may have left).
+        self.messages_sent = 0
+        #: Seconds :meth:`aclose` waits for the peer's close frame.
+        self.close_timeout = 2.0
+        self._remote = _peer_name(stream)
+
+    @property
+    def closed(self) -> ConnectionClosed | None:
+        """How the websocket closed, or None while it is open."""
+        return self._closed
+
+    @property
+    def remote(self) -> str:
+        """The peer's ``address:port``, or ``unknown``."""
+        return self._remote
+
+    # ------------------------------------------------------------------
+    # Receiving
+
+    async def receive_messages(self) -> list[bytes]:
+        """Read once; return the messages that read completed, maybe none.
+
+        Raises :class:`ConnectionClosed` once the websocket is closed: by
+        the peer's close frame (after replying), by the end of the stream
+        (1006) or by a message over the size limit (1009).
+        """
+        if self._closed is not None:
+            raise ConnectionClosed(self._closed.code, self._closed.reason)
+        if self._pending:
+            self._pending = False
+            messages = await self._process()
+            if messages:
+                return messages
+        try:
+            data = await self._stream.receive_some(self._receive_size)
+        except _STREAM_ERRORS:
+            data = b""
+        # wsproto appends to its buffer: a bytearray from TLS works as well.
+        self._protocol.receive_data(cast("bytes", data) or None)
+        return await self._process()
+
+    async def _process(self) -> list[bytes]:
+        """Turn wsproto's pending events into messages and answers."""
+        messages: list[bytes] = []
+        answers: list[bytes] = []
+        for event in self._protocol.events():
+            if isinstance(event, BytesMessage | TextMessage):
+                data = event.data
+                part = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+                self._size += len(part)
+                if self._size > self._max_message_size:
+                    await self._fail(
+                        CLOSE_TOO_BIG, f"message over {self._max_message_size} bytes"
+                    )
+                if not event.message_finished:
+                    self._parts.append(part)
+                    continue
+                if self._parts:
+                    self._parts.append(part)
+                    part = b"".join(self._parts)
+                    self._parts = []
+                self._size = 0
+                messages.append(part)
+            elif isinstance(event, Ping):
+                answers.append(self._protocol.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                await self._answer_close(event, answers)
+                if messages:
+                    # Hand these over first; the next call raises.
+                    return messages
+                raise ConnectionClosed(event.code, event.reason or "")
+        if answers:
+            await self._send_raw(b"".join(answers))
+        return messages
+
+    async def _answer_close(self, event: CloseConnection, answers: list[bytes]) -> None:
+        # The peer's close frame needs a reply; a frame wsproto could not
+        # parse (state still OPEN) needs a close frame with its code.
+        state = self._protocol.state
+        if state is ConnectionState.REMOTE_CLOSING:
+            answers.append(self._protocol.send(event.response()))
+        elif state is ConnectionState.OPEN:
+            answers.append(self._protocol.send(CloseConnection(event.code)))
+        self._closed = ConnectionClosed(event.code, event.reason or "")
+        if answers:
+            try:
+                await self._send_raw(b"".join(answers))
+            except ConnectionClosed:
+                pass
+
+    async def _fail(self, code: int, reason: str) -> None:
+        """Close with ``code`` because of what the peer sent, and raise."""
+        if self._protocol.state is ConnectionState.OPEN:
+            try:
+                frame = self._protocol.send(CloseConnection(code, reason))
+                await self._send_raw(frame)
+            except ConnectionClosed:
+                pass
+        self._closed = ConnectionClosed(code, reason)
+        raise ConnectionClosed(code, reason)
+
+    # ------------------------------------------------------------------
+    # Sending
+
+    async def send_messages(self, messages: list[bytes]) -> None:
+        """Send each of ``messages`` as one binary message, in one write.
+
+        Raises :class:`ConnectionClosed` if the websocket is closed before
+        or during the write; once the write began, any message of it may
+        have reached the peer.
+        """
+        async with self._send_lock:
+            if self._closed is not None or (
+                self._protocol.state is not ConnectionState.OPEN
+            ):
+                raise ConnectionClosed(*self._close_args())
+            send = self._protocol.send
+            data = b"".join([send(BytesMessage(data=m)) for m in messages])
+            self.messages_sent += len(messages)
+            await self._write(data)
+
+    async def send_message(self, message: bytes) -> None:
+        """Send one binary message."""
+        await self.send_messages([message])
+
+    async def _send_raw(self, data: bytes) -> None:
+        async with self._send_lock:
+            await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        # Called with the send lock held.
+        try:
+            await self._stream.send_all(data)
+        except _STREAM_ERRORS:
+            if self._closed is None:
+                self._closed = ConnectionClosed(CLOSE_ABNORMAL, "connection lost")
+            raise ConnectionClosed(*self._close_args()) from None
+
+    def _close_args(self) -> tuple[int, str]:
+        if self._closed is None:
+            return CLOSE_ABNORMAL, "connection lost"
+        return self._closed.code, self._closed.reason
+
+    # ------------------------------------------------------------------
+    # Closing
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """Close the websocket and its stream; calling it again does nothing.
+
+        Sends a close frame with ``code`` if the websocket is still open,
+        waits up to :attr:`close_timeout` seconds for the peer's reply (not
+        when another task is reading), then closes the stream, always.
+        """
+        if self._stream_closed:
+            return
+        try:
+            if self._closed is None and self._protocol.state is ConnectionState.OPEN:
+                try:
+                    async with self._send_lock:
+                        frame = CloseConnection(code, reason)
+                        await self._write(self._protocol.send(frame))
+                except (ConnectionClosed, LocalProtocolError):
+                    pass
+                else:
+                    self._closed = ConnectionClosed(code, reason)
+                    with trio.move_on_after(self.close_timeout):
+                        await self._wait_close_reply()
+        finally:
+            self._closed = self._closed or ConnectionClosed(code, reason)
+            self._stream_closed = True
+            with trio.move_on_after(self.close_timeout):
+                # trio closes the stream even when this is cancelled.
+                await self._stream.aclose()
+
+    async def _wait_close_reply(self) -> None:
+        # Messages that cross our close frame are dropped.
+        while self._protocol.state is ConnectionState.LOCAL_CLOSING:
+            try:
+                data = await self._stream.receive_some(self._receive_size)
+            except (*_STREAM_ERRORS, trio.BusyResourceError):
+                return
+            if not data:
+                return
+            self._protocol.receive_data(cast("bytes", data))
+            for _ in self._protocol.events():
+                pass
+
+
+def _peer_name(stream: trio.abc.Stream) -> str:
+    inner: object = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    if not isinstance(inner, trio.SocketStream):
+        return "unknown"
+    try:
+        peer = inner.socket.getpeername()
+    except OSError:
+        return "unknown"
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer) or "unknown"
+
+
+# --------------------------------------------------------------------------
+# The opening handshake
+
+
+async def connect(
+    stream: trio.abc.Stream,
+    host: str,
+    resource: str,
+    *,
+    max_message_size: int,
+    timeout: float,
+    receive_size: int = RECEIVE_SIZE,
+) -> WebSocket:
+    """Ask for the upgrade of ``resource`` on ``host``; return the websocket.
+
+    Raises :class:`UpgradeFailed` when the server refuses, hangs up, sends
+    something that is not a valid answer, or does not answer within
+    ``timeout`` seconds. The caller still owns ``stream`` after a failure.
+    """
+    protocol = WSConnection(ConnectionType.CLIENT)
+    data: bytes | bytearray = b"-"
+    try:
+        with trio.fail_after(timeout):
+            await stream.send_all(protocol.send(Request(host=host, target=resource)))
+            while True:
+                data = await stream.receive_some(receive_size)
+                protocol.receive_data(cast("bytes", data))
+                for event in protocol.events():
+                    if isinstance(event, AcceptConnection):
+                        return WebSocket(
+                            stream,
+                            _frame_layer(protocol),
+                            max_message_size=max_message_size,
+                            receive_size=receive_size,
+                        )
+                    if isinstance(event, RejectConnection):
+                        status = event.status_code
+                        raise UpgradeFailed(
+                            f"upgrade refused: HTTP {status}", "refused", status
+                        )
+                if not data:
+                    raise UpgradeFailed("closed during the handshake", "closed")
+    except trio.TooSlowError as exc:
+        raise UpgradeFailed(f"no answer within {timeout:g} s", "timeout") from exc
+    except _STREAM_ERRORS as exc:
+        raise UpgradeFailed("closed during the handshake", "closed") from exc
+    except RemoteProtocolError as exc:
+        # h11 calls the end of the stream before a full answer an error.
+        kind = "invalid" if data else "closed"
+        raise UpgradeFailed(f"{kind} answer: {exc}", kind) from exc
+
+
+async def accept(
+    stream: trio.abc.Stream,
+    *,
+    path: str,
+    max_message_size: int,
+    timeout: float,
+    receive_size: int = RECEIVE_SIZE,
+) -> WebSocket | None:
+    """Answer a client's upgrade request; return the websocket, or None.
+
+    A request for another path than ``path`` (the query is ignored) gets a
+    404, a malformed one a 400; a client that hangs up or does not finish
+    its request within ``timeout`` seconds gets nothing. None means no
+    websocket: the caller closes ``stream``.
+    """
+    protocol = WSConnection(ConnectionType.SERVER)
+    with trio.move_on_after(timeout):
+        try:
+            while True:
+                data = await stream.receive_some(receive_size)
+                protocol.receive_data(cast("bytes", data))
+                for event in protocol.events():
+                    if isinstance(event, Request):
+                        return await _answer(
+                            stream, protocol, event, path, max_message_size
+                        )
+                if not data:
+                    return None
+        except _STREAM_ERRORS:
+            return None
+        except RemoteProtocolError as exc:
+            try:
+                await stream.send_all(protocol.send(exc.event_hint or _bad_request()))
+            except (*_STREAM_ERRORS, LocalProtocolError):
+                pass
+            return None
+    return None
+
+
+def _bad_request() -> RejectConnection:
+    return RejectConnection(status_code=400)
+
+
+async def _answer(
+    stream: trio.abc.Stream,
+    protocol: WSConnection,
+    request: Request,
+    path: str,
+    max_message_size: int,
+) -> WebSocket | None:
+    if urllib.parse.urlsplit(request.target).path != path:
+        await stream.send_all(protocol.send(RejectConnection(status_code=404)))
+        return None
+    await stream.send_all(protocol.send(AcceptConnection()))
+    frames = _frame_layer(protocol)
+    # h11 keeps what followed the request; the frame layer must see it.
+    trailing, _ = protocol.handshake._h11_connection.trailing_data
+    if trailing:
+        frames.receive_data(bytes(trailing))
+    return WebSocket(stream, frames, max_message_size=max_message_size)
+
+
+def _frame_layer(protocol: WSConnection) -> Connection:
+    """The open connection behind ``protocol``, without the handshake.
+
+    Holding only it lets the handshake's h11 state go, and spares every
+    read a pass over the (empty) handshake events.
+    """
+    if protocol.connection is None:
+        raise LocalProtocolError("the websocket handshake is not complete")
+    return protocol.connection
