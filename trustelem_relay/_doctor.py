@@ -70,29 +70,17 @@ DEFAULT_TIMEOUT = 5.0
 class _Doctor:
     """The checks, in the order the agent meets what they check."""
 
-    def __init__(
-        self,
-        report: _Report,
-        *,
-        timeout: float,
-        tls: bool | None,
-        scim_path: str | None,
-    ) -> None:
+    def __init__(self, report: _Report, hub: HubChecks, targets: TargetChecks) -> None:
         self.report = report
-        self.timeout = timeout
-        self.tls = tls
-        self.scim_path = scim_path
+        self.hub = hub
+        self.targets = targets
 
     async def run(self, config: AgentConfig) -> None:
         self.check_state_dir(config)
         self.check_secrets(config)
-        hub = HubChecks(self.report, timeout=self.timeout)
-        await hub.check_hub(config)
-        targets = TargetChecks(
-            self.report, timeout=self.timeout, tls=self.tls, scim_path=self.scim_path
-        )
+        await self.hub.check_hub(config)
         for target in config.targets.values():
-            await targets.check_target(target)
+            await self.targets.check_target(target)
 
     # ------------------------------------------------------------------
     # Configuration
@@ -208,7 +196,11 @@ async def diagnose(
     else:
         loaded = _load(config, report)
     if loaded is not None:
-        doctor = _Doctor(report, timeout=timeout, tls=tls, scim_path=scim_path)
+        doctor = _Doctor(
+            report,
+            HubChecks(report, timeout=timeout),
+            TargetChecks(report, timeout=timeout, tls=tls, scim_path=scim_path),
+        )
         await doctor.run(loaded)
     return report.summary()
 
