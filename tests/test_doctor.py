@@ -48,12 +48,25 @@ class RunningHub:
         return f"{self.scheme}://localhost:{self.port}/v1/connect"
 
 
-@pytest.fixture
-async def hub(nursery: trio.Nursery) -> RunningHub:
+async def start_hub(
+    nursery: trio.Nursery, tls: TlsMaterial | None = None
+) -> RunningHub:
+    """A hub with one service on 127.0.0.1, over wss when given a cert."""
     served = Hub()
     service = served.create_service("acme")
-    port = await nursery.start(served.serve, LOOPBACK, 0)
-    return RunningHub(served, port, service.service_id)
+    context = None if tls is None else tls.server_context()
+    port = await nursery.start(
+        lambda task_status: served.serve(
+            LOOPBACK, 0, ssl_context=context, task_status=task_status
+        )
+    )
+    scheme = "ws" if tls is None else "wss"
+    return RunningHub(served, port, service.service_id, scheme=scheme)
+
+
+@pytest.fixture
+async def hub(nursery: trio.Nursery) -> RunningHub:
+    return await start_hub(nursery)
 
 
 @pytest.fixture(scope="module")
@@ -293,14 +306,7 @@ async def test_doctor_shows_the_hub_certificate_and_checks_its_pin(
     ca_file: pathlib.Path,
     tmp_path: pathlib.Path,
 ) -> None:
-    served = Hub()
-    service = served.create_service("acme")
-    port = await nursery.start(
-        lambda task_status: served.serve(
-            LOOPBACK, 0, ssl_context=tls.server_context(), task_status=task_status
-        )
-    )
-    running = RunningHub(served, port, service.service_id, scheme="wss")
+    running = await start_hub(nursery, tls)
     pin = base64.b64encode(tls.spki_sha256()).decode()
     path = write_config(
         tmp_path,
@@ -330,19 +336,12 @@ async def test_doctor_fails_a_hub_certificate_that_does_not_match_the_pin(
     ca_file: pathlib.Path,
     tmp_path: pathlib.Path,
 ) -> None:
-    served = Hub()
-    service = served.create_service("acme")
-    port = await nursery.start(
-        lambda task_status: served.serve(
-            LOOPBACK, 0, ssl_context=tls.server_context(), task_status=task_status
-        )
-    )
+    running = await start_hub(nursery, tls)
     pin = base64.b64encode(other_tls.spki_sha256()).decode()
-    url = f"wss://localhost:{port}/v1/connect"
     path = write_config(
         tmp_path,
-        url,
-        service.service_id,
+        running.url,
+        running.service_id,
         {},
         hub_ca_file=str(ca_file),
         hub_pin_sha256=pin,
@@ -363,15 +362,10 @@ async def test_doctor_fails_a_hub_certificate_from_an_untrusted_ca(
     ca_file: pathlib.Path,
     tmp_path: pathlib.Path,
 ) -> None:
-    served = Hub()
-    service = served.create_service("acme")
-    port = await nursery.start(
-        lambda task_status: served.serve(
-            LOOPBACK, 0, ssl_context=other_tls.server_context(), task_status=task_status
-        )
+    running = await start_hub(nursery, other_tls)
+    path = write_config(
+        tmp_path, running.url, running.service_id, {}, hub_ca_file=str(ca_file)
     )
-    url = f"wss://localhost:{port}/v1/connect"
-    path = write_config(tmp_path, url, service.service_id, {}, hub_ca_file=str(ca_file))
 
     healthy, checks, _ = await run_doctor(path)
 
