@@ -69,6 +69,7 @@ import trio
 
 from ._errors import ConfigError, RelayError
 from ._forward_tls import pin_matches
+from ._netstream import NetStream
 from ._websocket import UpgradeFailed, WebSocket, connect
 
 if TYPE_CHECKING:
@@ -314,16 +315,22 @@ class _Dialer:
             self.stream = tls
             if self.pin_sha256 is not None:
                 self._check_pin(tls.getpeercert(binary_form=True))
+        else:
+            self.stream = _net_stream(self.stream, None, None) or self.stream
         return self.stream
 
     async def _tls(
         self, stream: trio.abc.Stream, context: ssl.SSLContext, host: str, who: str
-    ) -> trio.SSLStream[trio.abc.Stream]:
+    ) -> NetStream | trio.SSLStream[trio.abc.Stream]:
         self.step = f"during the TLS handshake with {who}"
-        # https_compatible: peers that close without close_notify are common.
-        tls = trio.SSLStream(
-            stream, context, server_hostname=host, https_compatible=True
-        )
+        tls: NetStream | trio.SSLStream[trio.abc.Stream] | None
+        tls = _net_stream(stream, context, host)
+        if tls is None:
+            # https_compatible: peers that close without close_notify are
+            # common (NetStream treats them alike).
+            tls = trio.SSLStream(
+                stream, context, server_hostname=host, https_compatible=True
+            )
         self.stream = tls
         with _translate(f"TLS handshake with {who} failed"):
             await tls.do_handshake()
@@ -346,6 +353,26 @@ class _Dialer:
                 "configured public key pin",
                 permanent=True,
             )
+
+
+def _net_stream(
+    stream: trio.abc.Stream, context: ssl.SSLContext | None, host: str | None
+) -> NetStream | None:
+    """``stream`` as a NetStream (TLS with ``context``), when it is plain TCP
+    or a tunnel over plain TCP; None when it is anything else."""
+    from ._proxy import _TunnelStream
+
+    received = b""
+    if isinstance(stream, _TunnelStream):
+        detached = stream.detach()
+        if detached is None:
+            return None
+        stream, received = detached
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    return NetStream(
+        stream, ssl_context=context, server_hostname=host, received=received
+    )
 
 
 @contextmanager

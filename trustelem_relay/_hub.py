@@ -57,6 +57,7 @@ from ._hubstore import AgentSession, HubStore, MemoryStore, SQLiteStore
 from ._keys import lookup_id, validate_service_id
 from ._link import CLOSE_REPLACED, CLOSE_ROTATED, Link, LinkClosed
 from ._mux import Connection, ConnectionState, Role
+from ._netstream import NetStream
 from ._websocket import WebSocket, accept
 
 logger = logging.getLogger("trustelem_relay.hub")
@@ -237,23 +238,16 @@ class Hub:
         """Listen for agents on ``host:port``; report the bound port."""
         self.store.clear_sessions()
         async with trio.open_nursery() as nursery:
-            listeners: list[trio.abc.Listener[trio.abc.Stream]]
-            if ssl_context is None:
-                listeners = await nursery.start(
-                    functools.partial(trio.serve_tcp, self._handle, port, host=host)
+            # TLS is the session's own NetStream, not an SSLListener, so
+            # that frames can leave at once (see _netstream).
+            listeners: list[trio.SocketListener] = await nursery.start(
+                functools.partial(
+                    trio.serve_tcp,
+                    functools.partial(self._handle, ssl_context=ssl_context),
+                    port,
+                    host=host,
                 )
-            else:
-                # https_compatible: agents that vanish send no close_notify.
-                listeners = await nursery.start(
-                    functools.partial(
-                        trio.serve_ssl_over_tcp,
-                        self._handle,
-                        port,
-                        ssl_context,
-                        host=host,
-                        https_compatible=True,
-                    )
-                )
+            )
             bound = _listener_port(listeners[0])
             nursery.start_soon(self._watch_rotation)
             logger.info(
@@ -265,7 +259,11 @@ class Hub:
             )
             task_status.started(bound)
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
+    async def _handle(
+        self, tcp: trio.SocketStream, *, ssl_context: ssl.SSLContext | None
+    ) -> None:
+        # The TLS handshake runs on the first read, inside accept's timeout.
+        stream = NetStream(tcp, ssl_context=ssl_context, server_side=True)
         try:
             ws = await accept(
                 stream,
@@ -424,7 +422,11 @@ class Hub:
         request_id = f"{session.session_id}.{stream_id}"
         pending = Pending(request_id, self.limits.max_response_body)
         session.pending[stream_id] = pending
-        sequence = link.flush()
+        # The body's first chunk goes in the same write as the head when
+        # the window allows (a fresh stream's always does for small bodies).
+        rest = _queue_body_start(conn, stream_id, body)
+        # The REQUEST frame's number: only that first chunk follows it.
+        sequence = link.flush() - (len(rest) < len(body))
         self._changed()
         logger.debug(
             "[%s] %s %s to target %s",
@@ -436,7 +438,7 @@ class Hub:
 
         try:
             with trio.fail_at(deadline):
-                await self._send_body(link, stream_id, body)
+                await self._send_body(link, stream_id, rest)
                 await pending.done.wait()
         except trio.TooSlowError:
             session.pending.pop(stream_id, None)
@@ -485,10 +487,8 @@ class Hub:
             request_id=request_id,
         )
 
-    async def _send_body(self, link: Link, stream_id: int, body: bytes) -> None:
-        if not body:
-            return
-        view = memoryview(body)
+    async def _send_body(self, link: Link, stream_id: int, view: memoryview) -> None:
+        """Send the rest of a body as the stream's window allows."""
         conn = link.conn
         while view:
             window = await link.wait_send_window(stream_id)
@@ -497,12 +497,22 @@ class Hub:
             link.flush()
 
 
-def _listener_port(listener: trio.abc.Listener[trio.abc.Stream]) -> int:
-    """The port a trio TCP listener (bare or under TLS) is bound to."""
-    while isinstance(listener, trio.SSLListener):
-        listener = listener.transport_listener
-    if not isinstance(listener, trio.SocketListener):
-        raise TypeError(f"not a TCP listener: {listener!r}")
+def _queue_body_start(conn: Connection, stream_id: int, body: bytes) -> memoryview:
+    """Queue as much of ``body`` as the window takes now, in one DATA frame;
+    return the rest."""
+    view = memoryview(body)
+    window = conn.send_window(stream_id) if body else 0
+    if len(body) <= window:
+        if body:
+            conn.send_data(stream_id, body, end_stream=True)
+        return view[len(body) :]
+    if window:
+        conn.send_data(stream_id, bytes(view[:window]))
+    return view[window:]
+
+
+def _listener_port(listener: trio.SocketListener) -> int:
+    """The port a trio TCP listener is bound to."""
     port: int = listener.socket.getsockname()[1]
     return port
 

@@ -196,6 +196,15 @@ class _TunnelStream(trio.abc.Stream):
             stream = stream.transport_stream
         return stream.socket
 
+    def detach(self) -> tuple[trio.SocketStream, bytes] | None:
+        """The TCP stream under a plain tunnel and the bytes read ahead on
+        it, handing both over; None (and nothing changes) when the proxy
+        itself is reached over TLS."""
+        if not isinstance(self.transport, trio.SocketStream):
+            return None
+        leftover, self._leftover = self._leftover, b""
+        return self.transport, leftover
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if not self._leftover:
             return await self.transport.receive_some(max_bytes)

@@ -53,6 +53,8 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from ._netstream import NetStream
+
 __all__ = ["ConnectionClosed", "UpgradeFailed", "WebSocket", "accept", "connect"]
 
 #: Bytes asked of the stream per read.
@@ -242,6 +244,36 @@ class WebSocket:
             self.messages_sent += len(messages)
             await self._write(data)
 
+    def send_messages_nowait(self, messages: list[bytes]) -> bool:
+        """Send ``messages`` as :meth:`send_messages` would, without waiting.
+
+        Only over a :class:`~._netstream.NetStream`, and only while no other
+        write is under way; False means nothing was sent and the caller
+        should use :meth:`send_messages`. After True, a call to
+        :meth:`send_messages` must follow while :attr:`needs_flush` is true.
+        """
+        stream = self._stream
+        if (
+            not isinstance(stream, NetStream)
+            or self._send_lock.locked()
+            or self._closed is not None
+            or self._protocol.state is not ConnectionState.OPEN
+        ):
+            return False
+        send = self._protocol.send
+        data = b"".join([send(BytesMessage(data=m)) for m in messages])
+        if not stream.send_nowait(data):
+            return False
+        self.messages_sent += len(messages)
+        return True
+
+    @property
+    def needs_flush(self) -> bool:
+        """Whether bytes of :meth:`send_messages_nowait` (or its failure)
+        wait for the next :meth:`send_messages`."""
+        stream = self._stream
+        return isinstance(stream, NetStream) and stream.needs_flush
+
     async def send_message(self, message: bytes) -> None:
         """Send one binary message."""
         await self.send_messages([message])
@@ -311,6 +343,8 @@ class WebSocket:
 
 def _peer_name(stream: trio.abc.Stream) -> str:
     inner: object = stream
+    if isinstance(inner, NetStream):
+        inner = inner.transport
     while isinstance(inner, trio.SSLStream):
         inner = inner.transport_stream
     if not isinstance(inner, trio.SocketStream):

@@ -1,0 +1,147 @@
+"""Link.flush: small frames leave at once, large ones through the writer.
+
+A hub-side :class:`Link` over a real websocket on 127.0.0.1 (the package's
+own client and server, on :class:`NetStream`), with the two sans-IO ends of
+:func:`support.pair.make_pair` already past their handshake. The agent's
+side is read by hand, so each test sees exactly which frames reached it and
+when. Frames carry counter nonces: had one overtaken another, the agent's
+connection would fail with a gap error instead of giving events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+import trio
+from support.pair import make_pair
+
+from trustelem_relay._events import (
+    DataReceived,
+    Event,
+    PingReceived,
+    RequestHead,
+    RequestReceived,
+)
+from trustelem_relay._link import SEND_NOW_LIMIT, Link
+from trustelem_relay._mux import Connection
+from trustelem_relay._netstream import NetStream
+from trustelem_relay._websocket import WebSocket, accept, connect
+
+MAX_MESSAGE = 1 << 20
+
+
+@dataclass
+class Wired:
+    link: Link
+    hub: Connection
+    agent: Connection
+    agent_ws: WebSocket
+
+    async def agent_events(self, count: int) -> list[Event]:
+        """Read until the agent's connection has given ``count`` events."""
+        events: list[Event] = []
+        with trio.fail_after(5):
+            while len(events) < count:
+                for message in await self.agent_ws.receive_messages():
+                    events += self.agent.receive_message(message)
+        return events
+
+
+@pytest.fixture
+async def wired() -> AsyncIterator[Wired]:
+    pair = make_pair()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    accepted: list[WebSocket | None] = []
+
+    async def serve_one() -> None:
+        tcp = await listeners[0].accept()
+        accepted.append(
+            await accept(
+                NetStream(tcp), path="/", max_message_size=MAX_MESSAGE, timeout=5
+            )
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_one)
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        agent_ws = await connect(
+            NetStream(tcp), "127.0.0.1", "/", max_message_size=MAX_MESSAGE, timeout=5
+        )
+    await listeners[0].aclose()
+    (hub_ws,) = accepted
+    assert hub_ws is not None
+    link = Link(
+        pair.hub,
+        hub_ws,
+        on_event=lambda event: None,
+        log=logging.LoggerAdapter(logging.getLogger("test"), {}),
+    )
+    try:
+        yield Wired(link, pair.hub, pair.agent, agent_ws)
+    finally:
+        # Together: each waits for the other's close frame.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hub_ws.aclose)
+            nursery.start_soon(agent_ws.aclose)
+
+
+def open_stream(hub: Connection) -> int:
+    head = RequestHead(method="POST", scheme="http", authority="t", path="/")
+    return hub.open_stream("scim", head)
+
+
+async def test_small_frames_leave_from_flush_itself(wired: Wired) -> None:
+    # The link's loops are not running: no writer could have sent this.
+    wired.hub.ping(b"12345678")
+    sequence = wired.link.flush()
+
+    assert wired.link.was_sent(sequence)
+    assert await wired.agent_events(1) == [PingReceived(b"12345678")]
+
+
+async def test_large_frames_wait_for_the_writer(wired: Wired) -> None:
+    stream_id = open_stream(wired.hub)
+    wired.hub.send_data(stream_id, b"x" * (SEND_NOW_LIMIT + 1))
+    sequence = wired.link.flush()
+    assert not wired.link.was_sent(sequence)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: wired.link.run(heartbeat=None))
+        events = await wired.agent_events(2)
+        nursery.cancel_scope.cancel()
+    assert wired.link.was_sent(sequence)
+    assert isinstance(events[0], RequestReceived)
+    assert events[1] == DataReceived(stream_id, b"x" * (SEND_NOW_LIMIT + 1))
+
+
+async def test_a_small_frame_never_overtakes_a_queued_one(wired: Wired) -> None:
+    stream_id = open_stream(wired.hub)
+    wired.hub.send_data(stream_id, b"x" * (SEND_NOW_LIMIT + 1))
+    first = wired.link.flush()
+    wired.hub.ping(b"after---")
+    second = wired.link.flush()
+    # Queued behind the large frame, not sent around it.
+    assert not wired.link.was_sent(first)
+    assert not wired.link.was_sent(second)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: wired.link.run(heartbeat=None))
+        events = await wired.agent_events(3)
+        nursery.cancel_scope.cancel()
+    assert isinstance(events[0], RequestReceived)
+    assert isinstance(events[1], DataReceived)
+    assert events[2] == PingReceived(b"after---")
+    assert wired.link.was_sent(second)
+
+
+async def test_nothing_leaves_from_flush_once_the_link_is_closing(
+    wired: Wired,
+) -> None:
+    wired.link.close("closing for the test")
+    wired.hub.ping(b"too-late")
+    sequence = wired.link.flush()
+    assert not wired.link.was_sent(sequence)
