@@ -254,6 +254,13 @@ def test_the_fallback_masker_equals_the_c_one(data: bytes, key: bytes) -> None:
     assert python_apply_mask(memoryview(data), bytearray(key)) == apply_mask(data, key)
 
 
+def test_the_fallback_masker_is_right_for_every_key_byte_and_value() -> None:
+    data = bytes(range(256)) * 4
+    for value in range(256):
+        key = bytes([value, 255 - value, value ^ 0x5A, 7])
+        assert python_apply_mask(data, key) == apply_mask(data, key)
+
+
 def test_the_c_masker_is_used_when_websockets_is_installed() -> None:
     assert apply_mask is not python_apply_mask
 
