@@ -434,6 +434,15 @@ def test_nothing_is_sent_once_closing() -> None:
         client.send_close()
 
 
+def test_a_ping_after_our_close_gets_no_pong() -> None:
+    client, server = pair()
+    server.send_close()
+    assert server.receive_data(client.send_messages([b"crossing"])) == [b"crossing"]
+    server.receive_data(to_server(0x89, b"ping"))
+    assert server.data_to_send() == b""
+    assert server.state is CodecState.CLOSING
+
+
 def test_frames_after_the_close_frame_are_ignored() -> None:
     client, server = pair()
     data = client.send_close() + to_server(0x82, b"after")

@@ -16,7 +16,8 @@ trimmed once per read, not per frame. When the next frame is not all
 there the codec remembers how many bytes it needs and does not parse again
 before it has them. Fragmented messages (section 5.4) are accepted and
 joined once complete; control frames may come between their fragments.
-A ping is answered with a pong, queued for :meth:`FrameCodec.data_to_send`.
+A ping is answered with a pong, queued for :meth:`FrameCodec.data_to_send`,
+unless our close frame has gone: nothing may follow it.
 
 Every rule the peer breaks ends the connection: the codec queues a close
 frame with the code section 7.4.1 gives (1002 for a frame that breaks
@@ -256,7 +257,6 @@ class FrameCodec:
         if self.close is not None:
             return []
         if not data:
-            self._buffer = b""
             self._end(Close(CLOSE_ABNORMAL, ""))
             return []
 
@@ -405,7 +405,9 @@ class FrameCodec:
 
     def _control_frame(self, opcode: int, payload: bytes) -> None:
         if opcode == OP_PING:
-            self._outgoing.append(self._frame(OP_PONG, payload))
+            # Nothing follows our close frame, not even a pong.
+            if self.state is CodecState.OPEN:
+                self._outgoing.append(self._frame(OP_PONG, payload))
         elif opcode == OP_CLOSE:
             close = _parse_close(payload)
             if self.state is CodecState.OPEN:
