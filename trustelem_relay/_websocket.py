@@ -7,10 +7,12 @@ into messages and messages into bytes; this module adds the I/O, and
 nothing else. wsproto does the opening handshake only: its frame layer
 cost the relay a tenth of its CPU per small request and masked a MiB in
 about 1 ms where the codec's masker takes 0.03 ms (docs/performance.md,
-step 8). A :class:`WebSocket` has no task of
-its own: whoever reads calls :meth:`WebSocket.receive_messages`, which does
-one ``receive_some`` and returns every binary message that read completed,
-in order (often several, sometimes none). Whoever writes calls
+step 8).
+
+A :class:`WebSocket` has no task of its own: whoever reads calls
+:meth:`WebSocket.receive_messages`, which does one ``receive_some`` and
+returns every binary message that read completed, in order (often
+several, sometimes none). Whoever writes calls
 :meth:`WebSocket.send_messages`, which frames all its messages and writes
 them with one ``send_all``. A library with a reader task of its own hands
 every message to the consumer through a channel: two task switches per
