@@ -91,6 +91,16 @@ def test_pure_modules_load_no_io_library(name: str) -> None:
     assert top_level(loaded) & FORBIDDEN == set()
 
 
+def test_websocket_codec_loads_no_event_loop_or_protocol_library() -> None:
+    # The codec's only dependency is the websockets package for its C
+    # masker; that package's __init__ reads its version through
+    # importlib.metadata, which loads socket, so only I/O libraries proper
+    # are checked here.
+    loaded = loaded_modules("_wsframes")
+    assert "trustelem_relay._wsframes" in loaded
+    assert top_level(loaded) & (FORBIDDEN - {"selectors"}) == set()
+
+
 @pytest.mark.parametrize("name", CORE)
 def test_core_modules_import_only_the_core_and_their_primitives(name: str) -> None:
     # A static check that also covers imports hidden inside functions.

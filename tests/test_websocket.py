@@ -11,7 +11,14 @@ import trio.testing
 import trio_websocket
 from support.ports import LOOPBACK
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Ping, Pong, Request
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    Request,
+)
 
 from trustelem_relay._websocket import (
     ConnectionClosed,
@@ -163,6 +170,66 @@ async def test_ping_is_answered_by_the_reader() -> None:
     assert list(peer.events()) == [Pong(b"are you there")]
 
 
+async def open_raw_client() -> tuple[WSConnection, trio.abc.Stream, WebSocket]:
+    """Our server, and a wsproto client whose bytes the test writes itself."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    peer = WSConnection(ConnectionType.CLIENT)
+    await client_stream.send_all(peer.send(Request(host="h", target="/ws")))
+    server = await accept(server_stream, path="/ws", max_message_size=LIMIT, timeout=5)
+    assert server is not None
+    peer.receive_data(bytes(await client_stream.receive_some()))
+    assert any(isinstance(e, AcceptConnection) for e in peer.events())
+    return peer, client_stream, server
+
+
+async def test_a_fragmented_message_with_a_ping_inside_is_joined() -> None:
+    peer, stream, server = await open_raw_client()
+
+    await stream.send_all(
+        peer.send(BytesMessage(b"first, ", message_finished=False))
+        + peer.send(Ping(b"meanwhile"))
+        + peer.send(BytesMessage(b"second"))
+    )
+    assert await server.receive_messages() == [b"first, second"]
+    peer.receive_data(bytes(await stream.receive_some()))
+    assert list(peer.events()) == [Pong(b"meanwhile")]
+
+
+async def test_an_unmasked_frame_from_a_client_closes_with_1002() -> None:
+    peer, stream, server = await open_raw_client()
+
+    # RFC 6455 section 5.1: a server must refuse what a client did not mask.
+    await stream.send_all(b"\x82\x03abc")
+    with pytest.raises(ConnectionClosed) as caught:
+        await server.receive_messages()
+    assert caught.value.code == 1002
+    peer.receive_data(bytes(await stream.receive_some()))
+    (event,) = peer.events()
+    assert isinstance(event, CloseConnection)
+    assert event.code == 1002
+    with pytest.raises(ConnectionClosed):
+        await server.send_message(b"late")
+    await server.aclose()
+
+
+async def test_a_close_from_the_peer_during_aclose_ends_the_wait(
+    nursery: trio.Nursery,
+) -> None:
+    client, server = await open_pair(nursery)
+
+    async def peer() -> None:
+        with pytest.raises(ConnectionClosed) as caught:
+            await receive_all(server, 1)
+        assert caught.value.code == 1001
+
+    nursery.start_soon(peer)
+    start = trio.current_time()
+    await client.aclose(1001, "going away")
+    assert trio.current_time() - start < client.close_timeout
+    assert client.closed is not None
+    assert client.closed.code == 1001
+
+
 async def test_bytes_right_after_the_request_are_kept() -> None:
     client_stream, server_stream = trio.testing.memory_stream_pair()
     peer = WSConnection(ConnectionType.CLIENT)
@@ -174,6 +241,24 @@ async def test_bytes_right_after_the_request_are_kept() -> None:
     server = await accept(server_stream, path="/ws", max_message_size=LIMIT, timeout=5)
     assert server is not None
     assert await server.receive_messages() == [b"eager"]
+
+
+async def test_a_close_right_after_the_request_is_seen_by_aclose(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    peer = WSConnection(ConnectionType.CLIENT)
+    request = peer.send(Request(host="h", target="/ws"))
+    # FIN + close, masked, length 2, a zero mask: code 1000.
+    frame = b"\x88\x82\x00\x00\x00\x00\x03\xe8"
+
+    await client_stream.send_all(request + frame)
+    server = await accept(server_stream, path="/ws", max_message_size=LIMIT, timeout=5)
+    assert server is not None
+    start = trio.current_time()
+    await server.aclose(1001)
+    # The close frame was already there: no wait for a reply.
+    assert trio.current_time() == start
 
 
 async def test_wrong_path_is_refused_with_404(nursery: trio.Nursery) -> None:
@@ -237,6 +322,31 @@ async def test_a_trio_websocket_client_talks_to_our_server(
         assert await client.get_message() == b"cba"
         await client.aclose()
     await stream.aclose()
+
+
+async def test_a_text_message_from_trio_websocket_arrives_as_utf8(
+    nursery: trio.Nursery,
+) -> None:
+    received: list[bytes] = []
+
+    async def handle(stream: trio.SocketStream) -> None:
+        ws = await accept(stream, path="/ws", max_message_size=LIMIT, timeout=5)
+        assert ws is not None
+        received.extend(await receive_all(ws, 2))
+        await ws.send_message(b"done")
+        await ws.aclose()
+
+    listeners = await nursery.start(trio.serve_tcp, handle, 0)
+    port = listeners[0].socket.getsockname()[1]
+    stream = await trio.open_tcp_stream(LOOPBACK, port)
+    async with trio.open_nursery() as inner:
+        client = await trio_websocket.wrap_client_stream(inner, stream, LOOPBACK, "/ws")
+        await client.send_message("d\u00e9j\u00e0 vu")
+        await client.send_message(bytes(range(256)) * 300)
+        assert await client.get_message() == b"done"
+        await client.aclose()
+    await stream.aclose()
+    assert received == ["d\u00e9j\u00e0 vu".encode(), bytes(range(256)) * 300]
 
 
 def test_the_package_never_loads_trio_websocket() -> None:
