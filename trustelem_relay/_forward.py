@@ -60,10 +60,11 @@ no ``Via`` or ``X-Forwarded-*`` header, no HTTP/2, no ``Upgrade`` and no
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
+import math
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Protocol
 
 import attrs
@@ -84,6 +85,7 @@ from ._errors import (
 from ._events import RequestHead, ResponseHead
 from ._forward_http import (
     content_length,
+    encode_request_head,
     host_of,
     relayed_response_headers,
     request_headers,
@@ -184,10 +186,15 @@ async def forward(
     timeout = (
         target.timeout if head.timeout is None else min(head.timeout, target.timeout)
     )
-    with trio.move_on_after(max(timeout, 0.0)) as deadline:
+    timeout = max(timeout, 0.0)
+    # One scope for the whole exchange: the deadline, lowered to the end of
+    # each phase while that phase runs (see _Exchange.start_phase).
+    exchange.deadline = trio.current_time() + timeout
+    with trio.CancelScope(deadline=exchange.deadline) as scope:
+        exchange.scope = scope
         await exchange.run(wire, context, pool)
-    if deadline.cancelled_caught:
-        raise exchange.timeout(f"the request's deadline of {timeout:g} s passed")
+    if scope.cancelled_caught:
+        raise exchange.timed_out(timeout)
 
 
 # --------------------------------------------------------------------------
@@ -196,6 +203,10 @@ async def forward(
 
 class _Exchange:
     """The state of one request: its target, its phase and its h11 machine."""
+
+    #: The one cancel scope of the exchange. Its deadline is the request's
+    #: deadline, or the end of the phase under way if that comes first.
+    scope: trio.CancelScope
 
     def __init__(
         self,
@@ -217,6 +228,13 @@ class _Exchange:
         self.h11 = h11.Connection(
             our_role=h11.CLIENT, max_incomplete_event_size=limits.max_response_head
         )
+        # The request's deadline; set, with the scope, when the clock starts.
+        self.deadline = math.inf
+        # The phase under way, its limit and when it runs out; no name while
+        # only the deadline applies (the sink's waits, the pool).
+        self.phase: str | None = None
+        self.phase_limit = 0.0
+        self.phase_end = math.inf
 
     def fail(self, cls: type[RequestError], message: str) -> RequestError:
         """An error of *cls* about this request, reached-flag from the phase."""
@@ -232,53 +250,69 @@ class _Exchange:
             return self.fail(TimeoutAfterSending, message)
         return self.fail(TimeoutBeforeSending, message)
 
-    @contextlib.contextmanager
-    def phase(self, seconds: float, what: str) -> Iterator[None]:
-        """Bound one phase by its own limit and translate running out of it."""
-        with trio.move_on_after(seconds) as scope:
-            yield
-        if scope.cancelled_caught:
-            raise self.timeout(f"{what} took longer than {seconds:g} s")
+    def start_phase(self, what: str, seconds: float) -> None:
+        """Bound what follows by *seconds* as well, until the next phase."""
+        now = trio.current_time()
+        if now >= self.scope.deadline:
+            # The bound in force ran out just as its operation completed: the
+            # cancellation comes at the next checkpoint, and must name it.
+            return
+        end = now + seconds
+        self.phase, self.phase_limit, self.phase_end = what, seconds, end
+        self.scope.deadline = min(end, self.deadline)
+
+    def end_phase(self) -> None:
+        """Bound what follows by the request's deadline alone."""
+        if self.phase is not None and trio.current_time() < self.scope.deadline:
+            self.phase = None
+            self.scope.deadline = self.deadline
+
+    def timed_out(self, seconds: float) -> RequestError:
+        """Translate the end of the scope: a phase's limit, or the deadline.
+
+        When both run out at once the deadline is named, as it would be by
+        two nested scopes (the outer one catches the cancellation).
+        """
+        if self.phase is not None and self.phase_end < self.deadline:
+            return self.timeout(f"{self.phase} took longer than {self.phase_limit:g} s")
+        return self.timeout(f"the request's deadline of {seconds:g} s passed")
 
     # ------------------------------------------------------------------
     # Send the request
 
     def encode_request(self, body: bytes, *, keep_alive: bool) -> list[bytes]:
-        """Check the request and return its bytes, as h11 lays them out, in
-        the pieces to write: a large body is not copied behind the head."""
+        """Check the request and return its bytes in the pieces to write: a
+        large body is not copied behind the head."""
         head = self.head
-        if len(body) > self.limits.max_request_body:
+        limits = self.limits
+        if len(body) > limits.max_request_body:
             raise self.fail(
                 RequestTooLarge,
                 f"the request body has {len(body)} bytes, over the limit of "
-                f"{self.limits.max_request_body}; nothing was sent",
+                f"{limits.max_request_body}; nothing was sent",
             )
         try:
             headers = request_headers(head, len(body), keep_alive=keep_alive)
         except ValueError as exc:
             raise self.invalid(str(exc)) from exc
-        try:
-            request = h11.Request(
-                method=head.method, target=head.path, headers=list(headers)
-            )
-            wire = [self.h11.send(request) or b""]
-            if body:
-                wire += self.h11.send_with_data_passthrough(h11.Data(data=body)) or []
-            wire.append(self.h11.send(h11.EndOfMessage()) or b"")
-        except h11.LocalProtocolError as exc:
-            # The checks above mirror h11's, so this is a backstop only.
-            raise self.fail(
-                StreamProtocolError, "the request is not valid HTTP/1.1"
-            ) from exc
-        if sum(map(len, wire)) - len(body) > self.limits.max_request_head:
+        encoded = encode_request_head(head.method, head.path, headers)
+        if len(encoded) > limits.max_request_head:
             raise self.fail(
                 RequestTooLarge,
                 f"the request head is over the limit of "
-                f"{self.limits.max_request_head} bytes; nothing was sent",
+                f"{limits.max_request_head} bytes; nothing was sent",
             )
+        try:
+            self.h11.send(_announcement(head.method, keep_alive=keep_alive))
+            self.h11.send(_END_OF_MESSAGE)
+        except h11.LocalProtocolError as exc:
+            # request_headers checked the method as h11 does: a backstop.
+            raise self.fail(
+                StreamProtocolError, "the request is not valid HTTP/1.1"
+            ) from exc
         if len(body) <= CHUNK_SIZE:
-            return [b"".join(wire)]
-        return [piece for piece in wire if piece]
+            return [encoded + body]
+        return [encoded, body]
 
     def invalid(self, reason: str) -> RequestError:
         """The hub asked for a request that cannot be written as HTTP/1.1."""
@@ -321,7 +355,6 @@ class _Exchange:
         name = self.server_hostname() if context is not None else None
         key = (self.target, self.head.scheme, name, context)
         stream = await pool.take(key) if pool is not None else None
-        reusable = False
         try:
             if stream is None:
                 stream = await self.open(context)
@@ -329,16 +362,16 @@ class _Exchange:
                 log.debug("[%s] reusing a kept-alive connection", self.request_id)
             await self.send(stream, wire)
             await self.receive(stream)
-            reusable = self.can_reuse()
-        finally:
+        except BaseException:
             if stream is not None:
-                # Shielded so that a cancelled request still releases its
-                # socket, bounded so that a stuck peer cannot hold us here.
-                with trio.move_on_after(_CLOSE_GRACE, shield=True):
-                    if pool is not None and reusable:
-                        await pool.put(key, stream)
-                    else:
-                        await stream.aclose()
+                await _close(stream)
+            raise
+        # pool.put does not block (what it drops, it closes shielded), so a
+        # kept connection needs no guard against a cancellation here.
+        if pool is not None and self.can_reuse():
+            await pool.put(key, stream)
+        else:
+            await _close(stream)
 
     async def open(self, context: ssl.SSLContext | None) -> trio.abc.Stream:
         """A new connection to the target, secured when *context* is given."""
@@ -357,8 +390,7 @@ class _Exchange:
             await self.handshake(tls)
         except BaseException:
             # The TLS layer holds nothing but the socket, which must not leak.
-            with trio.move_on_after(_CLOSE_GRACE, shield=True):
-                await tcp.aclose()
+            await _close(tcp)
             raise
         return tls
 
@@ -372,9 +404,9 @@ class _Exchange:
             target.host,
             target.port,
         )
+        self.start_phase("connecting", self.limits.connect_timeout)
         try:
-            with self.phase(self.limits.connect_timeout, "connecting"):
-                return await trio.open_tcp_stream(target.host, target.port)
+            return await trio.open_tcp_stream(target.host, target.port)
         except OSError as exc:
             raise self.fail(
                 TargetUnreachable,
@@ -391,9 +423,9 @@ class _Exchange:
     async def handshake(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
         """Run the TLS handshake, then check the pin if the target has one."""
         name = self.target.name
+        self.start_phase("the TLS handshake", self.limits.tls_timeout)
         try:
-            with self.phase(self.limits.tls_timeout, "the TLS handshake"):
-                await stream.do_handshake()
+            await stream.do_handshake()
         except trio.BrokenResourceError as exc:
             raise self.fail(
                 TLSFailure,
@@ -420,20 +452,21 @@ class _Exchange:
 
     async def send(self, stream: trio.abc.Stream, wire: list[bytes]) -> None:
         """Write the whole request; from here on the target may have it."""
-        log.debug(
-            "[%s] sending %s (%d bytes) to target %r",
-            self.request_id,
-            self.head.method,
-            sum(map(len, wire)),
-            self.target.name,
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "[%s] sending %s (%d bytes) to target %r",
+                self.request_id,
+                self.head.method,
+                sum(map(len, wire)),
+                self.target.name,
+            )
         # Counted as written before the call: a partial write cannot be told
         # from a complete one, and a false "may have reached" is the safe side.
         self.wrote_request = True
+        self.start_phase("sending the request", self.limits.send_timeout)
         try:
-            with self.phase(self.limits.send_timeout, "sending the request"):
-                for piece in wire:
-                    await stream.send_all(piece)
+            for piece in wire:
+                await stream.send_all(piece)
         except (trio.BrokenResourceError, OSError) as exc:
             raise self.fail(
                 BadGateway,
@@ -482,13 +515,13 @@ class _Exchange:
 
     async def read(self, stream: trio.abc.Stream, *, first: bool) -> bytes:
         """One read from the target, bounded by the limit of its phase."""
+        limits = self.limits
         if first:
-            seconds, what = self.limits.first_byte_timeout, "waiting for the answer"
+            self.start_phase("waiting for the answer", limits.first_byte_timeout)
         else:
-            seconds, what = self.limits.body_idle_timeout, "waiting for more answer"
+            self.start_phase("waiting for more answer", limits.body_idle_timeout)
         try:
-            with self.phase(seconds, what):
-                return bytes(await stream.receive_some(CHUNK_SIZE))
+            return bytes(await stream.receive_some(CHUNK_SIZE))
         except (trio.BrokenResourceError, OSError) as exc:
             raise self.fail(
                 BadGateway,
@@ -498,10 +531,12 @@ class _Exchange:
 
     async def relay_head(self, response: h11.Response) -> None:
         """Check the head's sizes, then pass the cleaned head to the sink."""
+        # One pass over h11's header view, which is slow to iterate.
+        received = list(response.headers)
         # h11 bounds a head that arrives over several reads; one that arrives
         # whole in a single read is measured here (lines plus CRLFs).
         size = len(response.reason) + 15
-        size += sum(len(name) + len(value) + 4 for name, value in response.headers)
+        size += sum(len(name) + len(value) + 4 for name, value in received)
         if size > self.limits.max_response_head:
             raise self.head_too_large()
         if response.status_code > 599:
@@ -509,17 +544,19 @@ class _Exchange:
             raise self.fail(
                 BadGateway, f"target answered status {response.status_code}"
             )
-        declared = content_length(response.headers)
+        declared = content_length(received)
         if declared is not None and declared > self.limits.max_response_body:
             raise self.body_too_large()
 
-        headers = relayed_response_headers(response.headers)
+        headers = relayed_response_headers(received)
         log.debug(
             "[%s] target %r answered %d",
             self.request_id,
             self.target.name,
             response.status_code,
         )
+        # The sink's waits for flow control count against the deadline only.
+        self.end_phase()
         await self.sink.send_head(
             ResponseHead(
                 status=response.status_code,
@@ -530,6 +567,7 @@ class _Exchange:
 
     async def relay_data(self, data: bytes) -> None:
         """Pass body bytes to the sink in chunks of at most CHUNK_SIZE."""
+        self.end_phase()
         if len(data) <= CHUNK_SIZE:
             await self.sink.send_data(data)
             return
@@ -579,6 +617,36 @@ class _Exchange:
 
 # --------------------------------------------------------------------------
 # Helpers
+
+_END_OF_MESSAGE = h11.EndOfMessage()
+
+
+@functools.lru_cache(maxsize=64)
+def _announcement(method: str, *, keep_alive: bool) -> h11.Request:
+    """What h11 is told of a request whose bytes the relay wrote itself.
+
+    h11's state machine acts on the method (HEAD and CONNECT change how the
+    answer is read) and on ``Connection: close``; ``request_headers`` has
+    dropped every other header h11 acts on (``Expect``, ``Upgrade``,
+    ``Transfer-Encoding``). So a request with the same method and connection
+    handling, no body and a placeholder target and host, leaves h11 in the
+    state the real one would. It saves validating and encoding the head a
+    second time, and is built once per method.
+    """
+    headers = [(b"host", b"target")]
+    if not keep_alive:
+        headers.append((b"connection", b"close"))
+    return h11.Request(method=method, target="/", headers=headers)
+
+
+async def _close(stream: trio.abc.Stream) -> None:
+    """Close *stream*, even if our caller is being cancelled, within a bound.
+
+    Shielded so that a cancelled request still releases its socket, bounded
+    so that a stuck peer cannot hold us here.
+    """
+    with trio.move_on_after(_CLOSE_GRACE, shield=True):
+        await stream.aclose()
 
 
 def _describe(exc: BaseException | None) -> str:

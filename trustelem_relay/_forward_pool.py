@@ -80,7 +80,7 @@ class ConnectionPool:
         The caller owns the connection: it either gives it back with
         :meth:`put` or closes it.
         """
-        dropped = self._expire()
+        dropped = self._expire(trio.current_time())
         found: trio.abc.Stream | None = None
         for index in range(len(self._idle) - 1, -1, -1):
             entry = self._idle[index]
@@ -100,8 +100,9 @@ class ConnectionPool:
         if self._closed or self.max_idle == 0:
             await _close_all([stream])
             return
-        self._idle.append(_Idle(key, stream, trio.current_time()))
-        dropped = self._expire()
+        now = trio.current_time()
+        self._idle.append(_Idle(key, stream, now))
+        dropped = self._expire(now)
         excess = len(self._idle) - self.max_idle
         if excess > 0:
             dropped += [entry.stream for entry in self._idle[:excess]]
@@ -126,9 +127,9 @@ class ConnectionPool:
     ) -> None:
         await self.aclose()
 
-    def _expire(self) -> list[trio.abc.Stream]:
+    def _expire(self, now: float) -> list[trio.abc.Stream]:
         """Remove the connections idle for too long; the caller closes them."""
-        limit = trio.current_time() - self.idle_timeout
+        limit = now - self.idle_timeout
         count = 0
         while count < len(self._idle) and self._idle[count].since <= limit:
             count += 1
