@@ -487,20 +487,22 @@ class _Exchange:
             except h11.RemoteProtocolError as exc:
                 raise self.bad_response(exc) from exc
 
+            # By exact type: h11's events derive from an ABC, whose
+            # isinstance checks are slow, and h11 never subclasses them.
             if event is h11.NEED_DATA:
                 data = await self.read(stream, first=received == 0)
                 received += len(data)
                 self.h11.receive_data(data)
-            elif isinstance(event, h11.InformationalResponse):
-                continue
-            elif isinstance(event, h11.Response):
-                await self.relay_head(event)
-            elif isinstance(event, h11.Data):
+            elif type(event) is h11.Data:
                 relayed += len(event.data)
                 if relayed > self.limits.max_response_body:
                     raise self.body_too_large()
                 await self.relay_data(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
+            elif type(event) is h11.Response:
+                await self.relay_head(event)
+            elif type(event) is h11.InformationalResponse:
+                continue
+            elif type(event) is h11.EndOfMessage:
                 log.debug(
                     "[%s] target %r answered with %d body bytes",
                     self.request_id,
