@@ -230,8 +230,9 @@ class _Exchange:
         )
         # The request's deadline; set, with the scope, when the clock starts.
         self.deadline = math.inf
-        # The phase under way, its limit and when it runs out; no name while
-        # only the deadline applies (the sink's waits, the pool).
+        # The latest phase, its limit and when it runs out; no name before
+        # the first phase, nor once a phase ends early. A phase whose end is
+        # not before the deadline does not bound anything.
         self.phase: str | None = None
         self.phase_limit = 0.0
         self.phase_end = math.inf
@@ -252,20 +253,25 @@ class _Exchange:
 
     def start_phase(self, what: str, seconds: float) -> None:
         """Bound what follows by *seconds* as well, until the next phase."""
+        scope = self.scope
         now = trio.current_time()
-        if now >= self.scope.deadline:
+        if now >= scope.deadline:
             # The bound in force ran out just as its operation completed: the
             # cancellation comes at the next checkpoint, and must name it.
             return
         end = now + seconds
         self.phase, self.phase_limit, self.phase_end = what, seconds, end
-        self.scope.deadline = min(end, self.deadline)
+        bound = min(end, self.deadline)
+        if bound != scope.deadline:
+            # Moving a deadline costs trio some work; often it is unchanged.
+            scope.deadline = bound
 
     def end_phase(self) -> None:
         """Bound what follows by the request's deadline alone."""
-        if self.phase is not None and trio.current_time() < self.scope.deadline:
+        scope = self.scope
+        if scope.deadline < self.deadline and trio.current_time() < scope.deadline:
             self.phase = None
-            self.scope.deadline = self.deadline
+            scope.deadline = self.deadline
 
     def timed_out(self, seconds: float) -> RequestError:
         """Translate the end of the scope: a phase's limit, or the deadline.
