@@ -20,7 +20,11 @@ Send the request
 2. Build the outgoing head ourselves (:mod:`._forward_http`), because h11 as a
    client sends whatever framing it is given: hop-by-hop headers out, then
    ``Host`` from the URL's authority, exactly one ``Content-Length`` and
-   ``Connection: close`` unless a pool keeps the connection.
+   ``Connection: close`` unless a pool keeps the connection. The head is
+   laid out as h11 would write it, once; h11 is told only what its state
+   machine acts on (the method and ``Connection: close``, see
+   :func:`_announcement`), so that it reads the answer right and knows
+   whether the connection may be kept.
 3. Dial the target's declared ``host:port`` and nothing else. The URL's host
    only goes into ``Host``, into SNI and into the certificate check.
 4. For ``https``, run the TLS handshake, verifying the certificate for the
@@ -42,13 +46,20 @@ Time
 ~~~~
 Each phase has its own limit (connect, TLS, send, first byte, gap between
 reads) and the whole exchange has a deadline: the smaller of the hub's
-``timeout`` and the target's. Both are cancel scopes inside this function, so
-a timeout is classified by the phase it hit: before the first byte of the
-request was written it is :class:`~trustelem_relay.TimeoutBeforeSending`
-(safe to retry), afterwards :class:`~trustelem_relay.TimeoutAfterSending`.
-The request counts as written from the moment its bytes are handed to the
-socket: when in doubt, say the target may have seen it. A cancellation from
-outside is not translated; the connection is closed on the way out.
+``timeout`` and the target's. One cancel scope inside this function carries
+both: its deadline is the request's, moved earlier to the end of each phase
+as the phase starts, and back before the sink is called (the sink's waits
+count against the deadline only). The exchange remembers which phase set
+the deadline, so a timeout names the limit that ran out (the deadline, when
+both run out at once) and is classified by what was done: before the first
+byte of the request was written it is
+:class:`~trustelem_relay.TimeoutBeforeSending` (safe to retry), afterwards
+:class:`~trustelem_relay.TimeoutAfterSending`. The request counts as written
+from the moment its bytes are handed to the socket: when in doubt, say the
+target may have seen it. A phase whose operation completes only once its
+limit has passed is not forgiven: trio delivers the cancellation at the next
+checkpoint, and the error names that phase. A cancellation from outside is
+not translated; the connection is closed on the way out.
 
 Deliberately not done
 ~~~~~~~~~~~~~~~~~~~~~
