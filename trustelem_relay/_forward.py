@@ -496,7 +496,8 @@ class _Exchange:
 
     async def receive(self, stream: trio.abc.Stream) -> None:
         """Relay the response to the sink until the end of its body."""
-        received = 0  # bytes read from the target, head included
+        # Nothing was read yet, so h11 could only say that it needs data.
+        self.h11.receive_data(await self.read(stream, first=True))
         relayed = 0  # body bytes handed to the sink
         while True:
             try:
@@ -507,9 +508,7 @@ class _Exchange:
             # By exact type: h11's events derive from an ABC, whose
             # isinstance checks are slow, and h11 never subclasses them.
             if event is h11.NEED_DATA:
-                data = await self.read(stream, first=received == 0)
-                received += len(data)
-                self.h11.receive_data(data)
+                self.h11.receive_data(await self.read(stream, first=False))
             elif type(event) is h11.Data:
                 relayed += len(event.data)
                 if relayed > self.limits.max_response_body:
