@@ -176,6 +176,16 @@ async def test_content_length_is_set_for_bodies_and_body_methods(
     assert exchange.body == body
 
 
+async def test_large_request_body_is_written_after_the_head_whole() -> None:
+    body = bytes(range(256)) * (CHUNK_SIZE // 128)  # two chunks' worth
+    async with serve_origin() as origin:
+        await forward(target_at(origin.port), request("PUT"), body, RecordingSink())
+
+    exchange = only(origin)
+    assert exchange.header(b"content-length") == [b"%d" % len(body)]
+    assert exchange.body == body
+
+
 @pytest.mark.parametrize(
     ("headers", "path", "authority"),
     [
