@@ -197,10 +197,9 @@ async def forward(
     timeout = (
         target.timeout if head.timeout is None else min(head.timeout, target.timeout)
     )
-    timeout = max(timeout, 0.0)
     # One scope for the whole exchange: the deadline, lowered to the end of
     # each phase while that phase runs (see _Exchange.start_phase).
-    exchange.deadline = trio.current_time() + timeout
+    exchange.deadline = trio.current_time() + max(timeout, 0.0)
     with trio.CancelScope(deadline=exchange.deadline) as scope:
         exchange.scope = scope
         await exchange.run(wire, context, pool)
@@ -646,10 +645,12 @@ def _announcement(method: str, *, keep_alive: bool) -> h11.Request:
     h11's state machine acts on the method (HEAD and CONNECT change how the
     answer is read) and on ``Connection: close``; ``request_headers`` has
     dropped every other header h11 acts on (``Expect``, ``Upgrade``,
-    ``Transfer-Encoding``). So a request with the same method and connection
-    handling, no body and a placeholder target and host, leaves h11 in the
-    state the real one would. It saves validating and encoding the head a
-    second time, and is built once per method.
+    ``Transfer-Encoding``). The body needs no help from h11: the relay
+    writes it after the head, framed by the ``Content-Length`` it wrote. So
+    a request with the same method and connection handling, no body and a
+    placeholder target and host, leaves h11 in the state the real one
+    would. It saves validating and encoding the head a second time, and is
+    built once per method.
     """
     headers = [(b"host", b"target")]
     if not keep_alive:
