@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Hashable
 
+import attrs
 import h11
 import pytest
 import trio
+import trio.testing
 from support.forwarding import HOSTNAME, RecordingSink, request, target_at
 from support.origin import Exchange, Origin, respond, serve_origin, wait_for_close
 from support.tls import TlsMaterial
@@ -30,7 +33,12 @@ from trustelem_relay import (
     TimeoutBeforeSending,
 )
 from trustelem_relay._events import RequestHead, ResponseHead
-from trustelem_relay._forward import CHUNK_SIZE, ForwardLimits, forward
+from trustelem_relay._forward import (
+    CHUNK_SIZE,
+    ConnectionPool,
+    ForwardLimits,
+    forward,
+)
 from trustelem_relay._policy import Target
 
 pytestmark = pytest.mark.usefixtures("no_resource_warnings")
@@ -165,6 +173,16 @@ async def test_content_length_is_set_for_bodies_and_body_methods(
 
     exchange = only(origin)
     assert exchange.header(b"content-length") == expected
+    assert exchange.body == body
+
+
+async def test_large_request_body_is_written_after_the_head_whole() -> None:
+    body = bytes(range(256)) * (CHUNK_SIZE // 128)  # two chunks' worth
+    async with serve_origin() as origin:
+        await forward(target_at(origin.port), request("PUT"), body, RecordingSink())
+
+    exchange = only(origin)
+    assert exchange.header(b"content-length") == [b"%d" % len(body)]
     assert exchange.body == body
 
 
@@ -546,6 +564,189 @@ async def test_stalled_body_times_out_after_the_idle_limit(
         assert trio.current_time() == start + 1.0 + 5.0
 
     assert sink.body == b"abc"
+
+
+@attrs.define
+class StalledSink(RecordingSink):
+    """A sink whose first call waits, as flow control toward the hub may."""
+
+    stall: float = 0.0
+
+    async def send_head(self, head: ResponseHead) -> None:
+        await trio.sleep(self.stall)
+        await super().send_head(head)
+
+
+async def test_sink_waits_count_against_the_deadline_not_the_idle_limit(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    sink = StalledSink(stall=20.0)
+    async with serve_origin() as origin:
+        start = trio.current_time()
+        await forward(
+            target_at(origin.port),
+            request(),
+            b"",
+            sink,
+            limits=ForwardLimits(first_byte_timeout=5.0, body_idle_timeout=5.0),
+        )
+        assert trio.current_time() == start + 20.0
+
+    assert sink.body == b"ok"
+
+
+async def test_sink_wait_past_the_deadline_is_a_timeout_after_sending(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    sink = StalledSink(stall=20.0)
+    async with serve_origin() as origin:
+        start = trio.current_time()
+        with pytest.raises(TimeoutAfterSending, match="deadline of 7 s passed"):
+            await forward(
+                target_at(origin.port, timeout=7.0),
+                request(),
+                b"",
+                sink,
+                limits=ForwardLimits(body_idle_timeout=5.0),
+            )
+        assert trio.current_time() == start + 7.0
+
+    assert sink.head is None
+
+
+@pytest.mark.parametrize(
+    ("first_byte", "expected", "message"),
+    [
+        (4.0, 4.0, "waiting for the answer took longer than 4 s"),
+        (7.0, 7.0, "the request's deadline of 7 s passed"),
+        (9.0, 7.0, "the request's deadline of 7 s passed"),
+    ],
+    ids=["phase-first", "both-at-once", "deadline-first"],
+)
+async def test_timeout_names_whichever_limit_ran_out(
+    autojump_clock: trio.abc.Clock, first_byte: float, expected: float, message: str
+) -> None:
+    async with serve_origin(silent) as origin:
+        start = trio.current_time()
+        with pytest.raises(TimeoutAfterSending, match=message):
+            await forward(
+                target_at(origin.port, timeout=7.0),
+                request(),
+                b"",
+                RecordingSink(),
+                limits=ForwardLimits(first_byte_timeout=first_byte),
+            )
+        assert trio.current_time() == start + expected
+
+
+async def test_each_read_gets_the_whole_idle_limit_again(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async def drip(stream: trio.abc.Stream, exchange: Exchange) -> None:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+        for byte in b"abcd":
+            await trio.sleep(4.0)
+            await stream.send_all(bytes([byte]))
+        await wait_for_close(stream)
+
+    sink = RecordingSink()
+    async with serve_origin(drip) as origin:
+        start = trio.current_time()
+        await forward(
+            target_at(origin.port),
+            request(),
+            b"",
+            sink,
+            limits=ForwardLimits(body_idle_timeout=5.0),
+        )
+        assert trio.current_time() == start + 16.0
+
+    assert sink.body == b"abcd"
+
+
+async def test_connect_timeout_is_named_in_the_error(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def black_hole(host: str, port: int) -> trio.SocketStream:
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(trio, "open_tcp_stream", black_hole)
+    with pytest.raises(TimeoutBeforeSending, match="connecting took longer than 3 s"):
+        await forward(
+            target_at(1),
+            request(),
+            b"",
+            RecordingSink(),
+            limits=ForwardLimits(connect_timeout=3.0),
+        )
+
+
+class ScriptedStream(trio.abc.Stream):
+    """A connection whose reads return *answers*, each after a clock jump.
+
+    The jump happens without a checkpoint, as when a read completes just as
+    its limit runs out, before trio could deliver the cancellation.
+    """
+
+    def __init__(
+        self, clock: trio.testing.MockClock, answers: list[tuple[float, bytes]]
+    ) -> None:
+        self.clock = clock
+        self.answers = answers
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        jump, data = self.answers.pop(0)
+        self.clock.jump(jump)
+        return data
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class OneStreamPool(ConnectionPool):
+    """Hands out one given connection, as if it had been kept alive."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        super().__init__()
+        self.stream: trio.abc.Stream | None = stream
+
+    async def take(self, key: Hashable) -> trio.abc.Stream | None:
+        stream, self.stream = self.stream, None
+        return stream
+
+
+async def test_read_that_returns_past_its_limit_still_times_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The head's first line comes a second after the first-byte limit; the
+    # limit is not forgotten because the read happened to complete.
+    stream = ScriptedStream(
+        autojump_clock,
+        [(5.0, b"HTTP/1.1 200 OK\r\n"), (0.0, b"Content-Length: 2\r\n\r\nok")],
+    )
+    sink = RecordingSink()
+    start = trio.current_time()
+    with pytest.raises(
+        TimeoutAfterSending, match="waiting for the answer took longer than 4 s"
+    ):
+        await forward(
+            target_at(1),
+            request(),
+            b"",
+            sink,
+            limits=ForwardLimits(first_byte_timeout=4.0),
+            pool=OneStreamPool(stream),
+        )
+
+    assert trio.current_time() == start + 5.0
+    assert sink.head is None
 
 
 async def test_cancelling_forward_closes_the_target_connection() -> None:

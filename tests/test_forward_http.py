@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import h11
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,6 +11,7 @@ from support.forwarding import request
 from trustelem_relay._forward_http import (
     HOP_BY_HOP,
     content_length,
+    encode_request_head,
     host_of,
     relayed_response_headers,
     request_headers,
@@ -67,6 +69,28 @@ def test_request_headers_carry_one_framing_written_by_the_relay(
     ]
     ours = {b"host", b"content-length", b"connection"}
     assert [(n, v) for n, v in built if n not in ours] == passed
+
+
+@given(
+    st.lists(st.tuples(names, values), max_size=12),
+    st.integers(0, 5000),
+    st.sampled_from(["GET", "POST", "HEAD", "M-SEARCH"]),
+    st.sampled_from(["/", "/scim/v2/Users?filter=userName%20eq%20%22a%22"]),
+    st.booleans(),
+)
+def test_request_head_is_encoded_as_h11_would_write_it(
+    headers: list[tuple[bytes, bytes]],
+    length: int,
+    method: str,
+    path: str,
+    keep_alive: bool,
+) -> None:
+    head = request(method, path, headers=tuple(headers))
+    built = request_headers(head, length, keep_alive=keep_alive)
+
+    client = h11.Connection(our_role=h11.CLIENT)
+    written = client.send(h11.Request(method=method, target=path, headers=list(built)))
+    assert encode_request_head(method, path, built) == written
 
 
 def test_request_header_names_are_lowered_and_values_trimmed() -> None:

@@ -237,3 +237,22 @@ async def test_closed_pool_closes_what_it_is_given() -> None:
 def test_pool_limits_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="negative"):
         ConnectionPool(max_idle=-1)
+
+
+async def test_pool_never_reuses_a_connection_it_cannot_check() -> None:
+    # Only a socket can be asked whether the target closed it; anything
+    # else, or a socket already closed, is dropped rather than trusted.
+    left, right = trio.testing.memory_stream_pair()
+    sock, peer = trio.socket.socketpair()
+    closed = trio.SocketStream(sock)
+    await closed.aclose()
+    async with ConnectionPool() as pool:
+        await pool.put("memory", left)
+        await pool.put("closed", closed)
+        assert len(pool) == 2
+
+        assert await pool.take("memory") is None
+        assert await pool.take("closed") is None
+        assert len(pool) == 0
+    await right.aclose()
+    peer.close()

@@ -519,33 +519,35 @@ class Agent:
         link = exchange.link
         conn = link.conn
         stream_id = exchange.stream_id
-        logger.debug(
-            "[%s] %s %s to target %s",
-            exchange.request_id,
-            head.method,
-            head.path.split("?", 1)[0],
-            exchange.target.name,
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "[%s] %s %s to target %s",
+                exchange.request_id,
+                head.method,
+                head.path.split("?", 1)[0],
+                exchange.target.name,
+            )
         try:
             with exchange.scope:
                 # One deadline for the whole request, body wait included.
                 timeout = exchange.target.timeout
                 if head.timeout is not None:
                     timeout = min(timeout, head.timeout)
-                deadline = trio.current_time() + timeout
+                remaining = max(0.001, timeout)
                 if not exchange.body_complete.is_set():
+                    deadline = trio.current_time() + timeout
                     with trio.move_on_at(deadline) as body_wait:
                         await exchange.body_complete.wait()
                     if body_wait.cancelled_caught:
                         raise TimeoutBeforeSending(
                             "the request body did not arrive in time"
                         )
+                    remaining = max(0.001, deadline - trio.current_time())
                 if exchange.too_large:
                     raise RequestTooLarge(
                         "the request body is over "
                         f"{self.settings.forward.max_request_body} bytes"
                     )
-                remaining = max(0.001, deadline - trio.current_time())
                 await forward(
                     exchange.target,
                     attrs.evolve(head, timeout=remaining),

@@ -20,7 +20,11 @@ Send the request
 2. Build the outgoing head ourselves (:mod:`._forward_http`), because h11 as a
    client sends whatever framing it is given: hop-by-hop headers out, then
    ``Host`` from the URL's authority, exactly one ``Content-Length`` and
-   ``Connection: close`` unless a pool keeps the connection.
+   ``Connection: close`` unless a pool keeps the connection. The head is
+   laid out as h11 would write it, once; h11 is told only what its state
+   machine acts on (the method and ``Connection: close``, see
+   :func:`_announcement`), so that it reads the answer right and knows
+   whether the connection may be kept.
 3. Dial the target's declared ``host:port`` and nothing else. The URL's host
    only goes into ``Host``, into SNI and into the certificate check.
 4. For ``https``, run the TLS handshake, verifying the certificate for the
@@ -42,13 +46,20 @@ Time
 ~~~~
 Each phase has its own limit (connect, TLS, send, first byte, gap between
 reads) and the whole exchange has a deadline: the smaller of the hub's
-``timeout`` and the target's. Both are cancel scopes inside this function, so
-a timeout is classified by the phase it hit: before the first byte of the
-request was written it is :class:`~trustelem_relay.TimeoutBeforeSending`
-(safe to retry), afterwards :class:`~trustelem_relay.TimeoutAfterSending`.
-The request counts as written from the moment its bytes are handed to the
-socket: when in doubt, say the target may have seen it. A cancellation from
-outside is not translated; the connection is closed on the way out.
+``timeout`` and the target's. One cancel scope inside this function carries
+both: its deadline is the request's, moved earlier to the end of each phase
+as the phase starts, and back before the sink is called (the sink's waits
+count against the deadline only). The exchange remembers which phase set
+the deadline, so a timeout names the limit that ran out (the deadline, when
+both run out at once) and is classified by what was done: before the first
+byte of the request was written it is
+:class:`~trustelem_relay.TimeoutBeforeSending` (safe to retry), afterwards
+:class:`~trustelem_relay.TimeoutAfterSending`. The request counts as written
+from the moment its bytes are handed to the socket: when in doubt, say the
+target may have seen it. A phase whose operation completes only once its
+limit has passed is not forgiven: trio delivers the cancellation at the next
+checkpoint, and the error names that phase. A cancellation from outside is
+not translated; the connection is closed on the way out.
 
 Deliberately not done
 ~~~~~~~~~~~~~~~~~~~~~
@@ -60,10 +71,11 @@ no ``Via`` or ``X-Forwarded-*`` header, no HTTP/2, no ``Upgrade`` and no
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
+import math
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Protocol
 
 import attrs
@@ -84,6 +96,7 @@ from ._errors import (
 from ._events import RequestHead, ResponseHead
 from ._forward_http import (
     content_length,
+    encode_request_head,
     host_of,
     relayed_response_headers,
     request_headers,
@@ -184,10 +197,14 @@ async def forward(
     timeout = (
         target.timeout if head.timeout is None else min(head.timeout, target.timeout)
     )
-    with trio.move_on_after(max(timeout, 0.0)) as deadline:
+    # One scope for the whole exchange: the deadline, lowered to the end of
+    # each phase while that phase runs (see _Exchange.start_phase).
+    exchange.deadline = trio.current_time() + max(timeout, 0.0)
+    with trio.CancelScope(deadline=exchange.deadline) as scope:
+        exchange.scope = scope
         await exchange.run(wire, context, pool)
-    if deadline.cancelled_caught:
-        raise exchange.timeout(f"the request's deadline of {timeout:g} s passed")
+    if scope.cancelled_caught:
+        raise exchange.timed_out(timeout)
 
 
 # --------------------------------------------------------------------------
@@ -196,6 +213,10 @@ async def forward(
 
 class _Exchange:
     """The state of one request: its target, its phase and its h11 machine."""
+
+    #: The one cancel scope of the exchange. Its deadline is the request's
+    #: deadline, or the end of the phase under way if that comes first.
+    scope: trio.CancelScope
 
     def __init__(
         self,
@@ -217,6 +238,14 @@ class _Exchange:
         self.h11 = h11.Connection(
             our_role=h11.CLIENT, max_incomplete_event_size=limits.max_response_head
         )
+        # The request's deadline; set, with the scope, when the clock starts.
+        self.deadline = math.inf
+        # The latest phase, its limit and when it runs out; no name before
+        # the first phase, nor once a phase ends early. A phase whose end is
+        # not before the deadline does not bound anything.
+        self.phase: str | None = None
+        self.phase_limit = 0.0
+        self.phase_end = math.inf
 
     def fail(self, cls: type[RequestError], message: str) -> RequestError:
         """An error of *cls* about this request, reached-flag from the phase."""
@@ -232,53 +261,74 @@ class _Exchange:
             return self.fail(TimeoutAfterSending, message)
         return self.fail(TimeoutBeforeSending, message)
 
-    @contextlib.contextmanager
-    def phase(self, seconds: float, what: str) -> Iterator[None]:
-        """Bound one phase by its own limit and translate running out of it."""
-        with trio.move_on_after(seconds) as scope:
-            yield
-        if scope.cancelled_caught:
-            raise self.timeout(f"{what} took longer than {seconds:g} s")
+    def start_phase(self, what: str, seconds: float) -> None:
+        """Bound what follows by *seconds* as well, until the next phase."""
+        scope = self.scope
+        now = trio.current_time()
+        if now >= scope.deadline:
+            # The bound in force ran out just as its operation completed: the
+            # cancellation comes at the next checkpoint, and must name it.
+            return
+        end = now + seconds
+        self.phase, self.phase_limit, self.phase_end = what, seconds, end
+        bound = min(end, self.deadline)
+        if bound != scope.deadline:
+            # Moving a deadline costs trio some work; often it is unchanged.
+            scope.deadline = bound
+
+    def end_phase(self) -> None:
+        """Bound what follows by the request's deadline alone."""
+        scope = self.scope
+        if scope.deadline < self.deadline and trio.current_time() < scope.deadline:
+            self.phase = None
+            scope.deadline = self.deadline
+
+    def timed_out(self, seconds: float) -> RequestError:
+        """Translate the end of the scope: a phase's limit, or the deadline.
+
+        When both run out at once the deadline is named, as it would be by
+        two nested scopes (the outer one catches the cancellation).
+        """
+        if self.phase is not None and self.phase_end < self.deadline:
+            return self.timeout(f"{self.phase} took longer than {self.phase_limit:g} s")
+        return self.timeout(f"the request's deadline of {seconds:g} s passed")
 
     # ------------------------------------------------------------------
     # Send the request
 
     def encode_request(self, body: bytes, *, keep_alive: bool) -> list[bytes]:
-        """Check the request and return its bytes, as h11 lays them out, in
-        the pieces to write: a large body is not copied behind the head."""
+        """Check the request and return its bytes in the pieces to write: a
+        large body is not copied behind the head."""
         head = self.head
-        if len(body) > self.limits.max_request_body:
+        limits = self.limits
+        if len(body) > limits.max_request_body:
             raise self.fail(
                 RequestTooLarge,
                 f"the request body has {len(body)} bytes, over the limit of "
-                f"{self.limits.max_request_body}; nothing was sent",
+                f"{limits.max_request_body}; nothing was sent",
             )
         try:
             headers = request_headers(head, len(body), keep_alive=keep_alive)
         except ValueError as exc:
             raise self.invalid(str(exc)) from exc
-        try:
-            request = h11.Request(
-                method=head.method, target=head.path, headers=list(headers)
-            )
-            wire = [self.h11.send(request) or b""]
-            if body:
-                wire += self.h11.send_with_data_passthrough(h11.Data(data=body)) or []
-            wire.append(self.h11.send(h11.EndOfMessage()) or b"")
-        except h11.LocalProtocolError as exc:
-            # The checks above mirror h11's, so this is a backstop only.
-            raise self.fail(
-                StreamProtocolError, "the request is not valid HTTP/1.1"
-            ) from exc
-        if sum(map(len, wire)) - len(body) > self.limits.max_request_head:
+        encoded = encode_request_head(head.method, head.path, headers)
+        if len(encoded) > limits.max_request_head:
             raise self.fail(
                 RequestTooLarge,
                 f"the request head is over the limit of "
-                f"{self.limits.max_request_head} bytes; nothing was sent",
+                f"{limits.max_request_head} bytes; nothing was sent",
             )
+        try:
+            self.h11.send(_announcement(head.method, keep_alive=keep_alive))
+            self.h11.send(_END_OF_MESSAGE)
+        except h11.LocalProtocolError as exc:
+            # request_headers checked the method as h11 does: a backstop.
+            raise self.fail(
+                StreamProtocolError, "the request is not valid HTTP/1.1"
+            ) from exc
         if len(body) <= CHUNK_SIZE:
-            return [b"".join(wire)]
-        return [piece for piece in wire if piece]
+            return [encoded + body]
+        return [encoded, body]
 
     def invalid(self, reason: str) -> RequestError:
         """The hub asked for a request that cannot be written as HTTP/1.1."""
@@ -321,7 +371,6 @@ class _Exchange:
         name = self.server_hostname() if context is not None else None
         key = (self.target, self.head.scheme, name, context)
         stream = await pool.take(key) if pool is not None else None
-        reusable = False
         try:
             if stream is None:
                 stream = await self.open(context)
@@ -329,16 +378,16 @@ class _Exchange:
                 log.debug("[%s] reusing a kept-alive connection", self.request_id)
             await self.send(stream, wire)
             await self.receive(stream)
-            reusable = self.can_reuse()
-        finally:
+        except BaseException:
             if stream is not None:
-                # Shielded so that a cancelled request still releases its
-                # socket, bounded so that a stuck peer cannot hold us here.
-                with trio.move_on_after(_CLOSE_GRACE, shield=True):
-                    if pool is not None and reusable:
-                        await pool.put(key, stream)
-                    else:
-                        await stream.aclose()
+                await _close(stream)
+            raise
+        # pool.put does not block (what it drops, it closes shielded), so a
+        # kept connection needs no guard against a cancellation here.
+        if pool is not None and self.can_reuse():
+            await pool.put(key, stream)
+        else:
+            await _close(stream)
 
     async def open(self, context: ssl.SSLContext | None) -> trio.abc.Stream:
         """A new connection to the target, secured when *context* is given."""
@@ -357,8 +406,7 @@ class _Exchange:
             await self.handshake(tls)
         except BaseException:
             # The TLS layer holds nothing but the socket, which must not leak.
-            with trio.move_on_after(_CLOSE_GRACE, shield=True):
-                await tcp.aclose()
+            await _close(tcp)
             raise
         return tls
 
@@ -372,9 +420,9 @@ class _Exchange:
             target.host,
             target.port,
         )
+        self.start_phase("connecting", self.limits.connect_timeout)
         try:
-            with self.phase(self.limits.connect_timeout, "connecting"):
-                return await trio.open_tcp_stream(target.host, target.port)
+            return await trio.open_tcp_stream(target.host, target.port)
         except OSError as exc:
             raise self.fail(
                 TargetUnreachable,
@@ -391,9 +439,9 @@ class _Exchange:
     async def handshake(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
         """Run the TLS handshake, then check the pin if the target has one."""
         name = self.target.name
+        self.start_phase("the TLS handshake", self.limits.tls_timeout)
         try:
-            with self.phase(self.limits.tls_timeout, "the TLS handshake"):
-                await stream.do_handshake()
+            await stream.do_handshake()
         except trio.BrokenResourceError as exc:
             raise self.fail(
                 TLSFailure,
@@ -420,20 +468,21 @@ class _Exchange:
 
     async def send(self, stream: trio.abc.Stream, wire: list[bytes]) -> None:
         """Write the whole request; from here on the target may have it."""
-        log.debug(
-            "[%s] sending %s (%d bytes) to target %r",
-            self.request_id,
-            self.head.method,
-            sum(map(len, wire)),
-            self.target.name,
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "[%s] sending %s (%d bytes) to target %r",
+                self.request_id,
+                self.head.method,
+                sum(map(len, wire)),
+                self.target.name,
+            )
         # Counted as written before the call: a partial write cannot be told
         # from a complete one, and a false "may have reached" is the safe side.
         self.wrote_request = True
+        self.start_phase("sending the request", self.limits.send_timeout)
         try:
-            with self.phase(self.limits.send_timeout, "sending the request"):
-                for piece in wire:
-                    await stream.send_all(piece)
+            for piece in wire:
+                await stream.send_all(piece)
         except (trio.BrokenResourceError, OSError) as exc:
             raise self.fail(
                 BadGateway,
@@ -446,7 +495,8 @@ class _Exchange:
 
     async def receive(self, stream: trio.abc.Stream) -> None:
         """Relay the response to the sink until the end of its body."""
-        received = 0  # bytes read from the target, head included
+        # Nothing was read yet, so h11 could only say that it needs data.
+        self.h11.receive_data(await self.read(stream, first=True))
         relayed = 0  # body bytes handed to the sink
         while True:
             try:
@@ -454,20 +504,20 @@ class _Exchange:
             except h11.RemoteProtocolError as exc:
                 raise self.bad_response(exc) from exc
 
+            # By exact type: h11's events derive from an ABC, whose
+            # isinstance checks are slow, and h11 never subclasses them.
             if event is h11.NEED_DATA:
-                data = await self.read(stream, first=received == 0)
-                received += len(data)
-                self.h11.receive_data(data)
-            elif isinstance(event, h11.InformationalResponse):
-                continue
-            elif isinstance(event, h11.Response):
-                await self.relay_head(event)
-            elif isinstance(event, h11.Data):
+                self.h11.receive_data(await self.read(stream, first=False))
+            elif type(event) is h11.Data:
                 relayed += len(event.data)
                 if relayed > self.limits.max_response_body:
                     raise self.body_too_large()
                 await self.relay_data(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
+            elif type(event) is h11.Response:
+                await self.relay_head(event)
+            elif type(event) is h11.InformationalResponse:
+                continue
+            elif type(event) is h11.EndOfMessage:
                 log.debug(
                     "[%s] target %r answered with %d body bytes",
                     self.request_id,
@@ -482,13 +532,13 @@ class _Exchange:
 
     async def read(self, stream: trio.abc.Stream, *, first: bool) -> bytes:
         """One read from the target, bounded by the limit of its phase."""
+        limits = self.limits
         if first:
-            seconds, what = self.limits.first_byte_timeout, "waiting for the answer"
+            self.start_phase("waiting for the answer", limits.first_byte_timeout)
         else:
-            seconds, what = self.limits.body_idle_timeout, "waiting for more answer"
+            self.start_phase("waiting for more answer", limits.body_idle_timeout)
         try:
-            with self.phase(seconds, what):
-                return bytes(await stream.receive_some(CHUNK_SIZE))
+            return bytes(await stream.receive_some(CHUNK_SIZE))
         except (trio.BrokenResourceError, OSError) as exc:
             raise self.fail(
                 BadGateway,
@@ -498,10 +548,12 @@ class _Exchange:
 
     async def relay_head(self, response: h11.Response) -> None:
         """Check the head's sizes, then pass the cleaned head to the sink."""
+        # One pass over h11's header view, which is slow to iterate.
+        received = list(response.headers)
         # h11 bounds a head that arrives over several reads; one that arrives
         # whole in a single read is measured here (lines plus CRLFs).
         size = len(response.reason) + 15
-        size += sum(len(name) + len(value) + 4 for name, value in response.headers)
+        size += sum(len(name) + len(value) + 4 for name, value in received)
         if size > self.limits.max_response_head:
             raise self.head_too_large()
         if response.status_code > 599:
@@ -509,17 +561,19 @@ class _Exchange:
             raise self.fail(
                 BadGateway, f"target answered status {response.status_code}"
             )
-        declared = content_length(response.headers)
+        declared = content_length(received)
         if declared is not None and declared > self.limits.max_response_body:
             raise self.body_too_large()
 
-        headers = relayed_response_headers(response.headers)
+        headers = relayed_response_headers(received)
         log.debug(
             "[%s] target %r answered %d",
             self.request_id,
             self.target.name,
             response.status_code,
         )
+        # The sink's waits for flow control count against the deadline only.
+        self.end_phase()
         await self.sink.send_head(
             ResponseHead(
                 status=response.status_code,
@@ -530,6 +584,7 @@ class _Exchange:
 
     async def relay_data(self, data: bytes) -> None:
         """Pass body bytes to the sink in chunks of at most CHUNK_SIZE."""
+        self.end_phase()
         if len(data) <= CHUNK_SIZE:
             await self.sink.send_data(data)
             return
@@ -579,6 +634,38 @@ class _Exchange:
 
 # --------------------------------------------------------------------------
 # Helpers
+
+_END_OF_MESSAGE = h11.EndOfMessage()
+
+
+@functools.lru_cache(maxsize=64)
+def _announcement(method: str, *, keep_alive: bool) -> h11.Request:
+    """What h11 is told of a request whose bytes the relay wrote itself.
+
+    h11's state machine acts on the method (HEAD and CONNECT change how the
+    answer is read) and on ``Connection: close``; ``request_headers`` has
+    dropped every other header h11 acts on (``Expect``, ``Upgrade``,
+    ``Transfer-Encoding``). The body needs no help from h11: the relay
+    writes it after the head, framed by the ``Content-Length`` it wrote. So
+    a request with the same method and connection handling, no body and a
+    placeholder target and host, leaves h11 in the state the real one
+    would. It saves validating and encoding the head a second time, and is
+    built once per method.
+    """
+    headers = [(b"host", b"target")]
+    if not keep_alive:
+        headers.append((b"connection", b"close"))
+    return h11.Request(method=method, target="/", headers=headers)
+
+
+async def _close(stream: trio.abc.Stream) -> None:
+    """Close *stream*, even if our caller is being cancelled, within a bound.
+
+    Shielded so that a cancelled request still releases its socket, bounded
+    so that a stuck peer cannot hold us here.
+    """
+    with trio.move_on_after(_CLOSE_GRACE, shield=True):
+        await stream.aclose()
 
 
 def _describe(exc: BaseException | None) -> str:

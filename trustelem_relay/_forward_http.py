@@ -31,6 +31,7 @@ from ._events import Headers, RequestHead
 
 __all__ = [
     "content_length",
+    "encode_request_head",
     "host_of",
     "relayed_response_headers",
     "request_headers",
@@ -106,6 +107,20 @@ def request_headers(
     if not keep_alive:
         kept.append((b"connection", b"close"))
     return tuple(kept)
+
+
+def encode_request_head(method: str, path: str, headers: Headers) -> bytes:
+    """The request line and *headers* from :func:`request_headers`, as bytes.
+
+    Laid out as h11 writes a request: ``Host`` (already first), then the
+    other headers in order, each as ``name: value``. Nothing is checked
+    here: :func:`request_headers` has checked every part against the
+    grammar.
+    """
+    lines = [b"%s %s HTTP/1.1\r\n" % (method.encode(), path.encode())]
+    lines += [b"%s: %s\r\n" % field for field in headers]
+    lines.append(b"\r\n")
+    return b"".join(lines)
 
 
 def relayed_response_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:

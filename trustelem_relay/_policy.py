@@ -38,6 +38,7 @@ short, escaped excerpt of what the hub sent.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import pathlib
 import re
@@ -200,8 +201,14 @@ def parse_host(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=256)
 def _authority_problem(authority: str) -> str | None:
-    """Say what is wrong with a request's ``host[:port]``, or return None."""
+    """Say what is wrong with a request's ``host[:port]``, or return None.
+
+    Cached: a pure function of the string, and an agent sees the same few
+    authorities on every request (parsing an IP address costs microseconds).
+    The hub may send any string, so the cache is bounded.
+    """
     if not authority or len(authority) > 261:
         return "the authority is empty or too long"
     if not _VISIBLE_RE.fullmatch(authority):
