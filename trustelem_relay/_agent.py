@@ -136,8 +136,10 @@ class _Exchange:
         self.held = b""
 
     async def send_head(self, head: ResponseHead) -> None:
+        # Not flushed: the head leaves with the first DATA frame (or any
+        # other frame flushed meanwhile), in one write. The hub hands its
+        # caller whole answers, so an earlier head would gain nothing.
         self.link.conn.send_response(self.stream_id, head)
-        self.link.flush()
 
     async def send_data(self, data: bytes) -> None:
         if self.held:
