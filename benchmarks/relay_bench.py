@@ -297,6 +297,15 @@ def report(results: dict[str, Any]) -> None:
         print(f"{key:<36} {check['value']:>10} (target {check['target']}) {verdict}")
 
 
+def _schemes(text: str) -> list[str]:
+    """``ws``, ``wss``, ``ws,wss`` or ``none`` as the list of relay runs."""
+    schemes = [scheme for scheme in text.split(",") if scheme and scheme != "none"]
+    unknown = set(schemes) - {"ws", "wss"}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown scheme {sorted(unknown)[0]!r}")
+    return schemes
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--output", default="bench-results.json")
@@ -308,7 +317,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--probe-mib", type=int, default=12)
     parser.add_argument(
         "--schemes",
-        type=lambda text: [scheme for scheme in text.split(",") if scheme],
+        type=_schemes,
         default=["ws", "wss"],
         help="the relay runs to make: ws, wss, ws,wss (the default) or none",
     )
