@@ -276,6 +276,8 @@ _GOOD_REQUEST = encode_request_head(RequestHead("GET", "http", "a", "/"))
         (_GOOD_REQUEST[:4] + b"\x02" + _GOOD_REQUEST[5:], "scheme code 2"),
         (_GOOD_REQUEST + b"!", "trailing bytes"),
         (_GOOD_REQUEST[:-1], "truncated"),
+        (_GOOD_REQUEST[:3], "truncated"),
+        (_GOOD_REQUEST[:6], "truncated"),
         (_GOOD_REQUEST[:5] + b"\x00\x01\xff" + _GOOD_REQUEST[8:], "must be ASCII"),
     ],
 )
@@ -290,6 +292,8 @@ def test_defective_request_heads_are_refused(payload: bytes, message: str) -> No
         (b"\x00\x63\x00\x00\x00\x00", "outside 100-599"),
         (b"\x02\x58\x00\x00\x00\x00", "outside 100-599"),
         (b"\x00\xc8\x00\x05ab", "truncated"),
+        (b"\x00\xc8\x00", "truncated"),
+        (b"\x00\xc8\x00\x00\x00\x01\x00\x01a\x00\x02b", "truncated"),
         (b"\x00\xc8\x00\x00\x00\x00\x00", "trailing bytes"),
     ],
 )

@@ -249,8 +249,22 @@ class _Reader:
 
 
 _SCHEMES = ("http", "https")
-_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_TOKEN_CHARS |= frozenset(b"abcdefghijklmnopqrstuvwxyz")
+# The characters of an HTTP token: deleting them from a method must leave
+# nothing.
+_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_TOKEN_CHARS += b"abcdefghijklmnopqrstuvwxyz"
+
+# The heads are read with ``struct`` at running offsets rather than through
+# _Reader: they are decoded twice per request (a check before sending, then
+# by the peer), and the cursor's method calls were most of that time. A
+# field cut short shows as ``struct.error`` from the next read, or as an end
+# offset past the payload, both reported as truncation.
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+# Request head: scheme code and authority length; response head: status
+# and reason length.
+_SCHEME_AUTHORITY = struct.Struct(">BH")
+_STATUS_REASON = struct.Struct(">HH")
 
 
 def _encode_headers(headers: Headers) -> bytes:
@@ -261,13 +275,27 @@ def _encode_headers(headers: Headers) -> bytes:
     return b"".join(parts)
 
 
-def _decode_headers(reader: _Reader) -> Headers:
-    count = reader.u16()
-    headers = []
-    for _ in range(count):
-        name = reader.take(reader.u16())
-        value = reader.take(reader.u16())
-        headers.append((name, value))
+def _decode_headers(payload: bytes, offset: int, what: str) -> Headers:
+    """Decode the header list that starts at ``offset`` and ends the payload."""
+    unpack = _U16.unpack_from
+    headers: list[tuple[bytes, bytes]] = []
+    try:
+        (count,) = unpack(payload, offset)
+        offset += 2
+        for _ in range(count):
+            (size,) = unpack(payload, offset)
+            start = offset + 2
+            name_end = start + size
+            (size,) = unpack(payload, name_end)
+            offset = name_end + 2 + size
+            headers.append((payload[start:name_end], payload[name_end + 2 : offset]))
+    except struct.error:
+        raise MalformedFrame(f"{what} payload is truncated") from None
+    # Only the last value can end past the payload without a read failing.
+    if offset > len(payload):
+        raise MalformedFrame(f"{what} payload is truncated")
+    if offset < len(payload):
+        raise MalformedFrame(f"{what} payload has trailing bytes")
     return tuple(headers)
 
 
@@ -292,18 +320,27 @@ def encode_request_head(head: RequestHead) -> bytes:
 
 
 def decode_request_head(payload: bytes) -> RequestHead:
-    reader = _Reader(payload, "REQUEST")
-    method = reader.take(reader.u8())
-    if not method or not set(method) <= _TOKEN_CHARS:
+    offset = 1 + payload[0] if payload else 1
+    method = payload[1:offset]
+    if offset > len(payload):
+        raise MalformedFrame("REQUEST payload is truncated")
+    if not method or method.translate(None, _TOKEN_CHARS):
         raise MalformedFrame("REQUEST method is not an HTTP token")
-    scheme = reader.u8()
-    if scheme >= len(_SCHEMES):
-        raise MalformedFrame(f"REQUEST scheme code {scheme} is unknown")
-    authority = reader.take(reader.u16())
-    path = reader.take(reader.u16())
-    timeout_ms = reader.u32()
-    headers = _decode_headers(reader)
-    reader.finish()
+    try:
+        scheme, size = _SCHEME_AUTHORITY.unpack_from(payload, offset)
+        if scheme >= len(_SCHEMES):
+            raise MalformedFrame(f"REQUEST scheme code {scheme} is unknown")
+        offset += 3
+        authority = payload[offset : offset + size]
+        offset += size
+        (size,) = _U16.unpack_from(payload, offset)
+        offset += 2
+        path = payload[offset : offset + size]
+        offset += size
+        (timeout_ms,) = _U32.unpack_from(payload, offset)
+    except struct.error:
+        raise MalformedFrame("REQUEST payload is truncated") from None
+    headers = _decode_headers(payload, offset + 4, "REQUEST")
     if not authority.isascii() or not path.isascii():
         raise MalformedFrame("REQUEST authority and path must be ASCII")
     return RequestHead(
@@ -328,13 +365,14 @@ def encode_response_head(head: ResponseHead) -> bytes:
 
 
 def decode_response_head(payload: bytes) -> ResponseHead:
-    reader = _Reader(payload, "RESPONSE")
-    status = reader.u16()
+    try:
+        status, size = _STATUS_REASON.unpack_from(payload)
+    except struct.error:
+        raise MalformedFrame("RESPONSE payload is truncated") from None
     if not 100 <= status <= 599:
         raise MalformedFrame(f"RESPONSE status {status} is outside 100-599")
-    reason = reader.take(reader.u16())
-    headers = _decode_headers(reader)
-    reader.finish()
+    reason = payload[4 : 4 + size]
+    headers = _decode_headers(payload, 4 + size, "RESPONSE")
     return ResponseHead(status=status, headers=headers, reason=reason)
 
 
