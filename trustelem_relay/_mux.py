@@ -409,7 +409,12 @@ class Connection:
         head: RequestHead | None = None
         if self.local_going_away:
             refusal = StreamErrorCode.DRAINING, "the agent is draining"
-        elif self.open_streams >= self.settings.max_open_streams:
+        elif (
+            # Counting the open streams walks the table; it holds no more
+            # than that count plus finished streams with unacknowledged bytes.
+            len(self._streams) >= self.settings.max_open_streams
+            and self.open_streams >= self.settings.max_open_streams
+        ):
             refusal = StreamErrorCode.OVERLOADED, "too many streams open"
         elif not envelope.target:
             refusal = StreamErrorCode.PROTOCOL_ERROR, "REQUEST names no target"
