@@ -150,34 +150,46 @@ class FrameReader:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[Envelope]:
+        # Whole frames are parsed from ``data`` itself, and only what is
+        # left of it (the start of a frame) is copied into the buffer; once
+        # the buffer holds something, new bytes join it there.
         buffer = self._buffer
-        buffer += data
+        source: bytes | bytearray = data
+        if buffer:
+            buffer += data
+            source = buffer
+        size = len(source)
         frames: list[Envelope] = []
         offset = 0
 
-        # Parse as many whole frames as the buffer holds.
-        while len(buffer) - offset >= _PREFIX.size:
-            (length,) = _PREFIX.unpack_from(buffer, offset)
+        # Parse as many whole frames as the bytes hold.
+        while size - offset >= _PREFIX.size:
+            (length,) = _PREFIX.unpack_from(source, offset)
             if length > MAX_FRAME_LENGTH:
                 raise FrameTooLarge(
                     f"frame of {length} bytes announced, the limit is "
                     f"{MAX_FRAME_LENGTH}"
                 )
             end = offset + _PREFIX.size + length
-            if len(buffer) < end:
+            if size < end:
                 break
-            frames.append(_parse(bytes(buffer[offset + _PREFIX.size : end])))
+            frames.append(_parse(source, offset + _PREFIX.size, end))
             offset = end
 
-        del buffer[:offset]
+        if source is buffer:
+            del buffer[:offset]
+        elif offset < size:
+            buffer += data[offset:]
         return frames
 
 
-def _parse(frame: bytes) -> Envelope:
-    """Parse one frame (without its length prefix)."""
-    if len(frame) < _HEADER.size:
-        raise MalformedFrame(f"frame of {len(frame)} bytes is shorter than a header")
-    version, raw_kind, flags, stream_id, counter, tlen = _HEADER.unpack_from(frame)
+def _parse(source: bytes | bytearray, start: int, end: int) -> Envelope:
+    """Parse the frame at ``source[start:end]`` (after its length prefix)."""
+    if end - start < _HEADER.size:
+        raise MalformedFrame(f"frame of {end - start} bytes is shorter than a header")
+    version, raw_kind, flags, stream_id, counter, tlen = _HEADER.unpack_from(
+        source, start
+    )
 
     kind = _KINDS.get(raw_kind)
     if kind is None:
@@ -187,14 +199,15 @@ def _parse(frame: bytes) -> Envelope:
     if tlen > MAX_TARGET:
         raise MalformedFrame(f"target name of {tlen} bytes, the limit is {MAX_TARGET}")
 
-    header_end = _HEADER.size + tlen
-    if len(frame) < header_end:
+    header_end = start + _HEADER.size + tlen
+    if end < header_end:
         raise MalformedFrame("frame ends inside its target name")
     try:
-        target = frame[_HEADER.size : header_end].decode("ascii")
+        target = source[start + _HEADER.size : header_end].decode("ascii")
     except UnicodeDecodeError:
         raise MalformedFrame("target name is not ASCII") from None
 
+    # bytes() of a slice of bytes is that slice: no copy but the slice's.
     return Envelope(
         version=version,
         kind=kind,
@@ -202,8 +215,8 @@ def _parse(frame: bytes) -> Envelope:
         stream_id=stream_id,
         counter=counter,
         target=target,
-        header=frame[:header_end],
-        body=frame[header_end:],
+        header=bytes(source[start:header_end]),
+        body=bytes(source[header_end:end]),
     )
 
 
