@@ -293,6 +293,23 @@ def _encode_headers(headers: Headers) -> bytes:
     return b"".join(parts)
 
 
+def check_method(method: bytes) -> None:
+    """Raise MalformedFrame unless ``method`` is an HTTP token.
+
+    With :func:`check_status`, the only defects a decoder finds in a head
+    that encoded: the sender checks these two instead of decoding its own
+    head (a test holds the claim).
+    """
+    if not method or method.translate(None, _TOKEN_CHARS):
+        raise MalformedFrame("REQUEST method is not an HTTP token")
+
+
+def check_status(status: int) -> None:
+    """Raise MalformedFrame unless ``status`` is within 100-599."""
+    if not 100 <= status <= 599:
+        raise MalformedFrame(f"RESPONSE status {status} is outside 100-599")
+
+
 def _decode_headers(payload: bytes, offset: int, what: str) -> Headers:
     """Decode the header list that starts at ``offset`` and ends the payload."""
     unpack = _U16.unpack_from
@@ -342,8 +359,7 @@ def decode_request_head(payload: bytes) -> RequestHead:
     method = payload[1:offset]
     if offset > len(payload):
         raise MalformedFrame("REQUEST payload is truncated")
-    if not method or method.translate(None, _TOKEN_CHARS):
-        raise MalformedFrame("REQUEST method is not an HTTP token")
+    check_method(method)
     try:
         scheme, size = _SCHEME_AUTHORITY.unpack_from(payload, offset)
         if scheme >= len(_SCHEMES):
@@ -387,8 +403,7 @@ def decode_response_head(payload: bytes) -> ResponseHead:
         status, size = _STATUS_REASON.unpack_from(payload)
     except struct.error:
         raise MalformedFrame("RESPONSE payload is truncated") from None
-    if not 100 <= status <= 599:
-        raise MalformedFrame(f"RESPONSE status {status} is outside 100-599")
+    check_status(status)
     reason = payload[4 : 4 + size]
     headers = _decode_headers(payload, 4 + size, "RESPONSE")
     return ResponseHead(status=status, headers=headers, reason=reason)

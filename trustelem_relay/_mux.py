@@ -73,6 +73,8 @@ from ._frames import (
     FrameReader,
     Kind,
     Reset,
+    check_method,
+    check_status,
     decode_goaway,
     decode_request_head,
     decode_reset,
@@ -596,7 +598,7 @@ class Connection:
             payload = encode_request_head(head)
             # Refuse here what the agent would refuse (a method that is not
             # an HTTP token), rather than spend a stream on it.
-            decode_request_head(payload)
+            check_method(head.method.encode("ascii"))
         except (UnicodeEncodeError, OverflowError, ValueError) as exc:
             raise LocalProtocolError(f"request head cannot be encoded: {exc}") from exc
         except MalformedFrame as exc:
@@ -639,7 +641,7 @@ class Connection:
             payload = encode_response_head(head)
             # Refuse here what the hub would refuse (a status outside
             # 100-599), rather than have the hub reset the stream.
-            decode_response_head(payload)
+            check_status(head.status)
         except (OverflowError, ValueError) as exc:
             raise LocalProtocolError(f"response head cannot be encoded: {exc}") from exc
         except MalformedFrame as exc:
