@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -28,6 +29,8 @@ from trustelem_relay._frames import (
     Kind,
     Reset,
     _Reader,
+    check_method,
+    check_status,
     decode_goaway,
     decode_request_head,
     decode_reset,
@@ -240,6 +243,71 @@ def test_response_head_round_trips(head: ResponseHead) -> None:
     assert decode_response_head(encode_response_head(head)) == head
 
 
+# Any head, well formed or not: what a sender might be asked to encode.
+any_request_heads = st.builds(
+    RequestHead,
+    method=st.one_of(token, st.text(max_size=300)),
+    scheme=st.sampled_from(["http", "https", "ftp"]),
+    authority=st.text(max_size=50),
+    path=st.text(max_size=50),
+    headers=headers,
+    timeout=st.one_of(st.none(), st.floats(allow_nan=False, min_value=0)),
+)
+any_response_heads = st.builds(
+    ResponseHead,
+    status=st.integers(-1, 70000),
+    headers=headers,
+    reason=st.binary(max_size=60),
+)
+
+
+def _sender_check_agrees_with_decoding(
+    encode: Callable[[], bytes],
+    check: Callable[[], None],
+    decode: Callable[[bytes], object],
+    refusal: str,
+) -> None:
+    """A head that encodes decodes, unless the sender's check refuses it,
+    and then decoding refuses it too."""
+    try:
+        payload = encode()
+    except (UnicodeEncodeError, OverflowError, ValueError):
+        return
+    try:
+        check()
+    except MalformedFrame:
+        with pytest.raises(MalformedFrame, match=refusal):
+            decode(payload)
+    else:
+        decode(payload)
+
+
+@given(any_request_heads)
+def test_a_request_head_that_encodes_decodes_unless_its_method_is_refused(
+    head: RequestHead,
+) -> None:
+    # The sender checks the method instead of decoding its own head: no
+    # other defect may reach the peer.
+    _sender_check_agrees_with_decoding(
+        lambda: encode_request_head(head),
+        lambda: check_method(head.method.encode("ascii")),
+        decode_request_head,
+        "not an HTTP token",
+    )
+
+
+@given(any_response_heads)
+def test_a_response_head_that_encodes_decodes_unless_its_status_is_refused(
+    head: ResponseHead,
+) -> None:
+    _sender_check_agrees_with_decoding(
+        lambda: encode_response_head(head),
+        lambda: check_status(head.status),
+        decode_response_head,
+        "outside 100-599",
+    )
+
+
 def test_request_timeout_is_sent_in_whole_milliseconds_never_zero() -> None:
     head = RequestHead("GET", "https", "a", "/", timeout=0.0001)
     assert decode_request_head(encode_request_head(head)).timeout == 0.001
@@ -276,6 +344,8 @@ _GOOD_REQUEST = encode_request_head(RequestHead("GET", "http", "a", "/"))
         (_GOOD_REQUEST[:4] + b"\x02" + _GOOD_REQUEST[5:], "scheme code 2"),
         (_GOOD_REQUEST + b"!", "trailing bytes"),
         (_GOOD_REQUEST[:-1], "truncated"),
+        (_GOOD_REQUEST[:3], "truncated"),
+        (_GOOD_REQUEST[:6], "truncated"),
         (_GOOD_REQUEST[:5] + b"\x00\x01\xff" + _GOOD_REQUEST[8:], "must be ASCII"),
     ],
 )
@@ -290,6 +360,8 @@ def test_defective_request_heads_are_refused(payload: bytes, message: str) -> No
         (b"\x00\x63\x00\x00\x00\x00", "outside 100-599"),
         (b"\x02\x58\x00\x00\x00\x00", "outside 100-599"),
         (b"\x00\xc8\x00\x05ab", "truncated"),
+        (b"\x00\xc8\x00", "truncated"),
+        (b"\x00\xc8\x00\x00\x00\x01\x00\x01a\x00\x02b", "truncated"),
         (b"\x00\xc8\x00\x00\x00\x00\x00", "trailing bytes"),
     ],
 )

@@ -7,7 +7,6 @@ reflected frames are refused, and (key, nonce) pairs never repeat.
 
 from __future__ import annotations
 
-import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -163,6 +162,20 @@ def test_frame_sealed_under_another_key_is_refused() -> None:
         Opener(KEY, peer_is_hub=True).open(one(frame))
 
 
+def test_box_shorter_than_its_authenticator_is_refused() -> None:
+    sealer = Sealer(KEY, from_hub=True, version=1)
+    short = one(sealer.seal(Kind.DATA, b"x", stream_id=1))._replace(body=bytes(15))
+    with pytest.raises(DecryptionFailed, match="failed to authenticate"):
+        Opener(KEY, peer_is_hub=True).open(short)
+
+
+def test_keys_of_another_size_are_refused() -> None:
+    with pytest.raises(ValueError, match="32 bytes, not 31"):
+        Sealer(KEY[:31], from_hub=True, version=1)
+    with pytest.raises(ValueError, match="32 bytes, not 33"):
+        Opener(KEY + b"!", peer_is_hub=True)
+
+
 def test_sealed_header_that_differs_from_the_clear_one_is_refused() -> None:
     # Seal a frame for stream 1, then swap in the clear header of stream 2
     # while keeping the box: the box opens, the comparison fails.
@@ -170,7 +183,7 @@ def test_sealed_header_that_differs_from_the_clear_one_is_refused() -> None:
     good = one(sealer.seal(Kind.DATA, b"x", stream_id=1))
     header = bytearray(good.header)
     header[3:7] = (2).to_bytes(4, "big")
-    forged = attrs.evolve(good, stream_id=2, header=bytes(header))
+    forged = good._replace(stream_id=2, header=bytes(header))
     with pytest.raises(DecryptionFailed, match="sealed header differs"):
         Opener(KEY, peer_is_hub=True).open(forged)
 

@@ -32,7 +32,6 @@ import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
 
-import attrs
 import trio
 
 from ._errors import (
@@ -98,8 +97,10 @@ class Hub:
         # service_id -> lookup id: a keyed hash, computed once per id. The
         # store is still asked on every request (rotations must show).
         self._lookups: dict[str, bytes] = {}
-        # Replaced on every change of the registry; waiters re-check.
-        self._changed_event = trio.Event()
+        # Set on every change of the registry (or of a session's requests),
+        # then dropped; made only when a task waits, since most changes are
+        # requests starting and finishing with nobody waiting.
+        self._changed_event: trio.Event | None = None
 
     def __repr__(self) -> str:
         live = sum(len(s) for s in self._registry.values())
@@ -143,8 +144,17 @@ class Hub:
             session.link.close(reason, code)
 
     def _changed(self) -> None:
-        self._changed_event.set()
-        self._changed_event = trio.Event()
+        event = self._changed_event
+        if event is not None:
+            self._changed_event = None
+            event.set()
+
+    async def _wait_changed(self) -> None:
+        """Wait for the next change of the registry or of a session's
+        requests; the caller re-checks what it waits for."""
+        if self._changed_event is None:
+            self._changed_event = trio.Event()
+        await self._changed_event.wait()
 
     # ------------------------------------------------------------------
     # The registry
@@ -219,7 +229,7 @@ class Hub:
                 for session in self._registry.get(name, []):
                     if session.usable():
                         return session.info()
-                await self._changed_event.wait()
+                await self._wait_changed()
         raise AgentUnavailable(
             f"no agent of service {name} connected within {timeout:g} s"
         )
@@ -409,7 +419,15 @@ class Hub:
     ) -> Response:
         link = session.link
         conn = link.conn
-        head = attrs.evolve(head, timeout=max(0.001, deadline - trio.current_time()))
+        # Built directly: attrs.evolve looks the fields up on every call.
+        head = RequestHead(
+            head.method,
+            head.scheme,
+            head.authority,
+            head.path,
+            head.headers,
+            max(0.001, deadline - trio.current_time()),
+        )
         try:
             stream_id = conn.open_stream(target, head, end_stream=not body)
         except LocalProtocolError as exc:
@@ -428,13 +446,14 @@ class Hub:
         # The REQUEST frame's number: only that first chunk follows it.
         sequence = link.flush() - (len(rest) < len(body))
         self._changed()
-        logger.debug(
-            "[%s] %s %s to target %s",
-            request_id,
-            head.method,
-            head.path.split("?", 1)[0],
-            target,
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "[%s] %s %s to target %s",
+                request_id,
+                head.method,
+                head.path.split("?", 1)[0],
+                target,
+            )
 
         try:
             with trio.fail_at(deadline):

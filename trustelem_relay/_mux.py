@@ -73,6 +73,8 @@ from ._frames import (
     FrameReader,
     Kind,
     Reset,
+    check_method,
+    check_status,
     decode_goaway,
     decode_request_head,
     decode_reset,
@@ -409,7 +411,12 @@ class Connection:
         head: RequestHead | None = None
         if self.local_going_away:
             refusal = StreamErrorCode.DRAINING, "the agent is draining"
-        elif self.open_streams >= self.settings.max_open_streams:
+        elif (
+            # Counting the open streams walks the table; it holds no more
+            # than that count plus finished streams with unacknowledged bytes.
+            len(self._streams) >= self.settings.max_open_streams
+            and self.open_streams >= self.settings.max_open_streams
+        ):
             refusal = StreamErrorCode.OVERLOADED, "too many streams open"
         elif not envelope.target:
             refusal = StreamErrorCode.PROTOCOL_ERROR, "REQUEST names no target"
@@ -591,7 +598,7 @@ class Connection:
             payload = encode_request_head(head)
             # Refuse here what the agent would refuse (a method that is not
             # an HTTP token), rather than spend a stream on it.
-            decode_request_head(payload)
+            check_method(head.method.encode("ascii"))
         except (UnicodeEncodeError, OverflowError, ValueError) as exc:
             raise LocalProtocolError(f"request head cannot be encoded: {exc}") from exc
         except MalformedFrame as exc:
@@ -634,7 +641,7 @@ class Connection:
             payload = encode_response_head(head)
             # Refuse here what the hub would refuse (a status outside
             # 100-599), rather than have the hub reset the stream.
-            decode_response_head(payload)
+            check_status(head.status)
         except (OverflowError, ValueError) as exc:
             raise LocalProtocolError(f"response head cannot be encoded: {exc}") from exc
         except MalformedFrame as exc:

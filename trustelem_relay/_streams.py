@@ -78,6 +78,10 @@ class FlowControlError(RemoteProtocolError):
 
 
 class StreamState(enum.Enum):
+    # Members are singletons, so hashing by identity is exact; Enum's own
+    # __hash__ is Python code, and every lookup in _TRANSITIONS runs it twice.
+    __hash__ = object.__hash__
+
     OPEN = "open"
     HALF_CLOSED_LOCAL = "half-closed (local)"
     HALF_CLOSED_REMOTE = "half-closed (remote)"
@@ -85,6 +89,8 @@ class StreamState(enum.Enum):
 
 
 class _Input(enum.Enum):
+    __hash__ = object.__hash__  # as in StreamState
+
     SEND_DATA = "send data"
     SEND_END = "send end"
     RECV_DATA = "receive data"

@@ -435,7 +435,7 @@ class World:
     async def wait_for(self, condition: Callable[[], bool]) -> None:
         """Wait until *condition* holds, re-checking on each registry change."""
         while not condition():
-            await self.hub._changed_event.wait()
+            await self.hub._wait_changed()
 
     async def wait_new_session(self, old: str) -> str:
         """Wait for a usable session other than *old*; return its id."""
