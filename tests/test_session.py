@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from nacl.bindings import crypto_secretbox_open_easy
 from support.pair import Pair, make_pair
 
+from trustelem_relay import _session
 from trustelem_relay._errors import (
     DecryptionFailed,
     FrameTooLarge,
@@ -447,3 +448,18 @@ def test_key_and_nonce_pairs_never_repeat_across_sessions() -> None:
             seen.add((key, nonce))
     assert len(keys) == 2 * SESSIONS
     assert len(seen) == SESSIONS * 23
+
+
+@given(plain=st.binary(max_size=300), counter=st.integers(0, (1 << 64) - 1))
+def test_direct_and_public_secretbox_calls_agree(plain: bytes, counter: int) -> None:
+    # The fast path calls PyNaCl's C module; its public bindings are the
+    # fallback if a release moves that module. Both must be the same box.
+    nonce = counter.to_bytes(8, "big") + bytes(16)
+    box = _session._seal_box(plain, nonce, KEY)
+    assert box == _session._seal_box_public(plain, nonce, KEY)
+    assert _session._open_box(box, nonce, KEY) == plain
+    assert _session._open_box_public(box, nonce, KEY) == plain
+    tampered = bytes([box[0] ^ 1]) + box[1:]
+    assert _session._open_box(tampered, nonce, KEY) is None
+    assert _session._open_box_public(tampered, nonce, KEY) is None
+    assert _session._open_box_public(box[:15], nonce, KEY) is None

@@ -29,8 +29,9 @@ from __future__ import annotations
 import hmac
 import struct
 
-from nacl._sodium import ffi, lib
+from nacl.bindings import crypto_secretbox_easy, crypto_secretbox_open_easy
 from nacl.encoding import RawEncoder
+from nacl.exceptions import CryptoError
 from nacl.hash import blake2b
 
 from ._errors import DecryptionFailed, NonceOutOfOrder, ReflectedFrame
@@ -94,25 +95,46 @@ def same(a: bytes, b: bytes) -> bool:
 # through cffi on every call, which on a frame of a few hundred bytes cost
 # a third as much as the cipher itself; here the sizes are fixed (the key
 # is checked once, in the constructors, and the nonce is _NONCE), so only
-# the call and one buffer remain.
+# the call and one buffer remain. The C module is PyNaCl's private one:
+# should a release move it, the public bindings take over, slower only.
 
 
-def _seal_box(plain: bytes, nonce: bytes, key: bytes) -> bytes:
-    box = bytearray(len(plain) + MAC_SIZE)
-    lib.crypto_secretbox_easy(ffi.from_buffer(box), plain, len(plain), nonce, key)
-    return bytes(box)
+def _seal_box_public(plain: bytes, nonce: bytes, key: bytes) -> bytes:
+    box: bytes = crypto_secretbox_easy(plain, nonce, key)
+    return box
 
 
-def _open_box(box: bytes, nonce: bytes, key: bytes) -> bytes | None:
+def _open_box_public(box: bytes, nonce: bytes, key: bytes) -> bytes | None:
     """The plaintext, or None when the box does not authenticate."""
-    if len(box) < MAC_SIZE:
+    try:
+        plain: bytes = crypto_secretbox_open_easy(box, nonce, key)
+    except CryptoError:
         return None
-    plain = bytearray(len(box) - MAC_SIZE)
-    if lib.crypto_secretbox_open_easy(
-        ffi.from_buffer(plain), box, len(box), nonce, key
-    ):
-        return None
-    return bytes(plain)
+    return plain
+
+
+try:
+    from nacl._sodium import ffi, lib
+except ImportError:  # pragma: no cover - a PyNaCl without the module
+    _seal_box = _seal_box_public
+    _open_box = _open_box_public
+else:
+
+    def _seal_box(plain: bytes, nonce: bytes, key: bytes) -> bytes:
+        box = bytearray(len(plain) + MAC_SIZE)
+        lib.crypto_secretbox_easy(ffi.from_buffer(box), plain, len(plain), nonce, key)
+        return bytes(box)
+
+    def _open_box(box: bytes, nonce: bytes, key: bytes) -> bytes | None:
+        """The plaintext, or None when the box does not authenticate."""
+        if len(box) < MAC_SIZE:
+            return None
+        plain = bytearray(len(box) - MAC_SIZE)
+        if lib.crypto_secretbox_open_easy(
+            ffi.from_buffer(plain), box, len(box), nonce, key
+        ):
+            return None
+        return bytes(plain)
 
 
 def _check_key(key: bytes) -> bytes:
