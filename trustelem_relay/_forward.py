@@ -39,8 +39,8 @@ responses are skipped. The final response's status, reason and headers go to
 the body itself). Body bytes go to ``sink.send_data`` in chunks of at most
 64 KiB, counted against the response limit; the end of the message ends the
 call. A body framed by ``Content-Length`` alone is read past h11 once the
-head is parsed, each read handed on as it is (h11 would copy every chunk
-into its buffer and out again); h11's view of the head still decides
+head is parsed, in reads of up to 256 KiB (h11 would copy every chunk into
+its buffer and out again); h11's view of the head still decides
 whether the connection may be kept. A head or a body (declared or
 counted) over its limit is :class:`~trustelem_relay.ResponseTooLarge`;
 anything h11 cannot parse, or a close before the end, is
@@ -114,9 +114,16 @@ __all__ = ["CHUNK_SIZE", "ConnectionPool", "ForwardLimits", "ResponseSink", "for
 log = logging.getLogger("trustelem_relay.forward")
 
 #: Largest piece handed to ``sink.send_data`` (one DATA frame's worth), and
-#: the size of each read. Larger reads cost more than they save: buffers
+#: the size of each read that goes to h11. Larger ones cost h11 more than
+#: they save: it copies them into its buffer and out again, and buffers
 #: past 128 KiB are mapped and faulted in afresh by the allocator.
 CHUNK_SIZE = 64 * 1024
+
+#: The size of each read of a body read past h11 (a stream window's worth).
+#: Each read yields to the scheduler, and the link's writer then sends the
+#: frames sealed meanwhile in one write: four frames per write instead of
+#: one, and as many fewer wake-ups of the hub (docs/performance.md).
+BODY_READ_SIZE = 4 * CHUNK_SIZE
 
 #: How long closing the target's connection may take once we are cancelled.
 _CLOSE_GRACE = 1.0
@@ -615,16 +622,17 @@ class _Exchange:
 
         Read past h11, which would copy each chunk into its buffer and out
         again (about 0.4 ms per MiB): what h11 read beyond the head goes
-        first, then reads of at most the bytes still due, each handed on
-        as it is. h11 is left behind; :meth:`can_reuse` then decides from
-        what it saw of the head and from what followed the body.
+        first, then reads of up to BODY_READ_SIZE and never past the bytes
+        still due, cut into chunks by :meth:`relay_data`. h11 is left
+        behind; :meth:`can_reuse` then decides from what it saw of the head
+        and from what followed the body.
         """
         buffered, _ = self.h11.trailing_data
         if buffered:
             await self.relay_data(buffered[:length])
         remaining = length - min(length, len(buffered))
         while remaining:
-            size = min(remaining, CHUNK_SIZE)
+            size = min(remaining, BODY_READ_SIZE)
             data = await self.read(stream, first=False, size=size)
             if not data:
                 raise self.bad_response(None)
@@ -644,7 +652,8 @@ class _Exchange:
 
         h11 hands the body as a fresh bytearray of up to a read's size;
         each chunk is copied out of it once, into the bytes the sink keeps.
-        Bytes read past h11 are already bytes, and pass as they are.
+        Bytes read past h11 are already bytes: a read that fits in one
+        chunk passes as it is.
         """
         self.end_phase()
         if len(data) <= CHUNK_SIZE:
