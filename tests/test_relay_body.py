@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 from support.origin import Exchange, serve_origin
@@ -116,22 +117,29 @@ async def test_agent_holds_at_most_a_window_of_a_body_its_target_reads_slowly(
     assert 0 < most <= window + AHEAD
 
 
+@attrs.define
+class RawTarget:
+    """An origin's raw handler: keeps each connection's bytes until it closes."""
+
+    received: list[bytearray] = attrs.field(factory=list)
+    #: Set once a connection has been read to its end.
+    closed: trio.Event = attrs.field(factory=trio.Event)
+
+    async def handler(self, stream: trio.abc.Stream) -> None:
+        data = bytearray()
+        self.received.append(data)
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+        self.closed.set()
+
+
 @pytest.mark.parametrize(
-    ("size", "error", "reached"),
-    [
-        (100, +10, False),
-        (100, -10, False),
-        (300_000, +10, True),
-        (300_000, -10, True),
-    ],
+    ("size", "error"),
+    [(100, +10), (100, -10), (300_000, +10), (300_000, -10)],
     ids=["small-short", "small-long", "large-short", "large-long"],
 )
 async def test_body_that_breaks_the_announced_length_is_a_protocol_error(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    size: int,
-    error: int,
-    reached: bool,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, error: int
 ) -> None:
     from trustelem_relay import _hub
 
@@ -144,28 +152,39 @@ async def test_body_that_breaks_the_announced_length_is_a_protocol_error(
         head = announce(method, url, (), body_length)
         fields = tuple(f for f in head.headers if f[0] != b"content-length")
         length = b"%d" % (body_length + error)
-        return RequestHead(
-            method=head.method,
-            scheme=head.scheme,
-            authority=head.authority,
-            path=head.path,
-            headers=(*fields, (b"content-length", length)),
-        )
+        return attrs.evolve(head, headers=(*fields, (b"content-length", length)))
 
-    async with serve_origin(digest_answer) as origin, open_world(tmp_path) as world:
-        await world.start_agent(world.agent("a", {TARGET: target_at(origin.port)}))
+    broken = RawTarget()
+    async with (
+        serve_origin(raw_handler=broken.handler) as target,
+        serve_origin(digest_answer) as other,
+        open_world(tmp_path) as world,
+    ):
+        targets = {TARGET: target_at(target.port), "other": target_at(other.port)}
+        await world.start_agent(world.agent("a", targets))
         await world.hub.wait_agent(world.service_id)
 
         with monkeypatch.context() as patched:
             patched.setattr(_hub, "_request_head", wrong_length)
             with trio.fail_after(WAIT), pytest.raises(StreamProtocolError) as caught:
                 await world.request("POST", body=b"x" * size)
+        # The agent dialled once (before the body's first bytes), then
+        # closed that connection.
+        with trio.fail_after(WAIT):
+            await broken.closed.wait()
+        assert target.connections == 1
         assert "Content-Length announced" in str(caught.value)
-        assert caught.value.may_have_reached_target is reached
-        assert origin.exchanges == []
+
+        # The flag says whether any byte was written: a small body is
+        # judged before its first write; a large one may be judged after.
+        written = b"".join(broken.received)
+        assert caught.value.may_have_reached_target is bool(written)
+        if size == 100:
+            assert written == b""
+        assert len(written) < size
 
         # The session and the agent serve on.
         with trio.fail_after(WAIT):
-            answer = await world.request("POST", body=b"fine")
+            answer = await world.request("POST", target="other", body=b"fine")
         assert answer.body == hashlib.sha256(b"fine").hexdigest().encode()
         assert len(world.sessions()) == 1
