@@ -19,10 +19,10 @@ them to the target (a call says the previous piece is written).
 Credit goes back to the hub as frames arrive, as long as the bytes credited
 but not yet written stay within :data:`AHEAD` (one stream window); past
 that, only as the forwarder writes. A target that keeps up so sees the
-hub's frames flow as if they were acknowledged on arrival (waiting for each
-write before crediting it stalled the hub once per window: it halved the
-overlap), and a slow one makes the hub wait: the agent never holds more
-than the hub's window plus :data:`AHEAD` of a body, whatever its size.
+hub's frames flow as if they were acknowledged on arrival (crediting only
+after each write would make the hub wait a round trip per window), and a
+slow one makes the hub wait: the agent never holds more than the hub's
+window plus :data:`AHEAD` of a body, whatever its size.
 
 The hub's promise is checked as bytes come: one byte more than announced,
 or an END_STREAM before the announced count, is a
@@ -49,8 +49,8 @@ __all__ = ["StreamedBody", "announced_length"]
 AHEAD = 256 * 1024
 
 #: Bytes joined into one write to the target at most. The frames that
-#: arrived meanwhile go out together; a larger backlog than this is rare
-#: (it is bounded by the stream window anyway).
+#: arrived meanwhile go out together; the backlog is bounded anyway, by
+#: the stream window plus AHEAD.
 JOIN_LIMIT = 256 * 1024
 
 
