@@ -58,6 +58,28 @@ async def test_pool_does_not_keep_a_connection_the_target_closes() -> None:
     assert origin.connections == 2
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ],
+    ids=["bytes-past-the-body", "http-1.0"],
+)
+async def test_pool_does_not_keep_a_connection_h11_would_not_reuse(
+    answer: bytes,
+) -> None:
+    # The body is read past h11, which must still have its say.
+    async with (
+        serve_origin(respond(answer), keep_alive=True) as origin,
+        ConnectionPool() as pool,
+    ):
+        sink = RecordingSink()
+        await forward(target_at(origin.port), request(), b"", sink, pool=pool)
+        assert sink.body == b"ok"
+        assert len(pool) == 0
+
+
 async def test_pool_drops_a_connection_closed_while_idle() -> None:
     # Answers without "Connection: close", then closes anyway.
     async with serve_origin(KEEP) as origin, ConnectionPool() as pool:

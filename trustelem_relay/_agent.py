@@ -13,9 +13,12 @@ Inside a session every request the hub sends becomes one task in the
 session's nursery. Before anything else, the task asks the target policy
 (:func:`._policy.decide`) whether the request may go, and the agent's
 concurrency limits whether it may go now; a refusal is a typed RESET sent at
-once, and nothing is dialled. The request body is collected (it is bounded
-at 1 MiB), then :func:`._forward.forward` performs the call and streams the
-answer back, chunk by chunk as the hub's flow-control windows allow. Each
+once, and nothing is dialled. When the head announces the body's length
+(``Hub.request`` always does), :func:`._forward.forward` dials at once and
+writes the body to the target as its frames arrive, crediting the hub no
+further ahead of its writes than a bound (:mod:`._agent_body`); otherwise
+the body is collected first (it is bounded at 1 MiB). Either way the answer streams
+back chunk by chunk as the hub's flow-control windows allow. Each
 session keeps a :class:`._forward_pool.ConnectionPool`, so that requests to a
 target reuse kept-alive connections instead of dialling every time.
 
@@ -39,6 +42,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from ._agent_body import StreamedBody, announced_length
 from ._config import AgentConfig, ensure_state_dir, redact_url
 from ._dial import HubConnectError, hub_ssl_context, open_hub_stream, open_hub_websocket
 from ._errors import (
@@ -125,8 +129,10 @@ class _Exchange:
         self.stream_id = stream_id
         self.request_id = request_id
         self.target = target
-        # The request body's chunks, joined once when complete.
+        # The request body's chunks, joined once when complete; unused when
+        # the body is streamed instead.
         self.body: list[bytes] = []
+        self.streamed: StreamedBody | None = None
         self.size = 0
         self.body_complete = trio.Event()
         self.scope = trio.CancelScope()
@@ -399,7 +405,9 @@ class Agent:
             self._on_data(event)
         elif isinstance(event, StreamEnded):
             exchange = self._exchanges.get(event.stream_id)
-            if exchange is not None:
+            if exchange is not None and exchange.streamed is not None:
+                exchange.streamed.end()
+            elif exchange is not None:
                 exchange.body_complete.set()
         elif isinstance(event, RequestReceived):
             self._on_request(event)
@@ -497,11 +505,19 @@ class Agent:
         self._per_target[target.name] = self._per_target.get(target.name, 0) + 1
         if event.end_stream:
             exchange.body_complete.set()
+        else:
+            length = announced_length(event.head)
+            if length is not None:
+                exchange.streamed = StreamedBody(link, stream_id, length)
         self._status_changed()
         self._session_nursery.start_soon(self._serve, exchange, event.head)
 
     def _on_data(self, event: DataReceived) -> None:
         exchange = self._exchanges.get(event.stream_id)
+        if exchange is not None and exchange.streamed is not None:
+            # The body credits it when its bound allows, maybe not now.
+            exchange.streamed.feed(event.data)
+            return
         link = self._link
         assert link is not None
         link.conn.acknowledge_data(event.stream_id, len(event.data))
@@ -535,31 +551,22 @@ class Agent:
                 timeout = exchange.target.timeout
                 if head.timeout is not None:
                     timeout = min(timeout, head.timeout)
-                remaining = max(0.001, timeout)
-                if not exchange.body_complete.is_set():
-                    deadline = trio.current_time() + timeout
-                    with trio.move_on_at(deadline) as body_wait:
-                        await exchange.body_complete.wait()
-                    if body_wait.cancelled_caught:
-                        raise TimeoutBeforeSending(
-                            "the request body did not arrive in time"
-                        )
-                    remaining = max(0.001, deadline - trio.current_time())
-                if exchange.too_large:
-                    raise RequestTooLarge(
-                        "the request body is over "
-                        f"{self.settings.forward.max_request_body} bytes"
-                    )
+                body: bytes | StreamedBody
+                if exchange.streamed is not None:
+                    # An announced length over the limit is refused by
+                    # forward, which checks it before dialling.
+                    body, remaining = exchange.streamed, max(0.001, timeout)
+                else:
+                    body, remaining = await self._collect_body(exchange, timeout)
                 await forward(
                     exchange.target,
                     attrs.evolve(head, timeout=remaining),
-                    b"".join(exchange.body),
+                    body,
                     exchange,
                     limits=self.settings.forward,
                     request_id=exchange.request_id,
                     pool=self._pool,
                 )
-                exchange.body = []
                 if conn.stream_state(stream_id) is not None:
                     await exchange.finish()
             if exchange.scope.cancelled_caught and not link.is_closed:
@@ -594,6 +601,27 @@ class Agent:
             self._status_changed()
             if self._draining and not self._exchanges:
                 self._drained.set()
+
+    async def _collect_body(
+        self, exchange: _Exchange, timeout: float
+    ) -> tuple[bytes, float]:
+        """Wait for the whole of a body whose length was not announced;
+        return it and the seconds left of *timeout*."""
+        remaining = max(0.001, timeout)
+        if not exchange.body_complete.is_set():
+            deadline = trio.current_time() + timeout
+            with trio.move_on_at(deadline) as body_wait:
+                await exchange.body_complete.wait()
+            if body_wait.cancelled_caught:
+                raise TimeoutBeforeSending("the request body did not arrive in time")
+            remaining = max(0.001, deadline - trio.current_time())
+        if exchange.too_large:
+            raise RequestTooLarge(
+                "the request body is over "
+                f"{self.settings.forward.max_request_body} bytes"
+            )
+        body, exchange.body = b"".join(exchange.body), []
+        return body, remaining
 
     # ------------------------------------------------------------------
     # Draining

@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 The runtime hands :func:`forward` a request that the target policy has
 already accepted: the target (a declared name, address and TLS settings), the
-request head as the hub sent it, the whole request body, and a sink that
-carries the answer back towards the hub. :func:`forward` opens a connection
+request head as the hub sent it, the request body (whole, or a
+:class:`RequestBody` of known length whose bytes are still arriving), and a
+sink that carries the answer back towards the hub. :func:`forward` opens a connection
 to the target (or reuses one from a :class:`ConnectionPool`), speaks HTTP/1.1
 over it with h11 and streams the answer into the sink. It returns normally
 once the whole response body has been handed to the sink; every failure is a
@@ -29,7 +30,10 @@ Send the request
    only goes into ``Host``, into SNI and into the certificate check.
 4. For ``https``, run the TLS handshake, verifying the certificate for the
    URL's host (or the target's ``server_name``), then compare the SPKI pin if
-   one is set (:mod:`._forward_tls`). Only then write the request, whole.
+   one is set (:mod:`._forward_tls`). Only then write the request: whole,
+   or for a streamed body the head with the body's first bytes once they
+   are there, then the rest as it comes. The send limit counts the time
+   spent writing; the waits for the body count against the deadline only.
 
 Receive the response
 ~~~~~~~~~~~~~~~~~~~~
@@ -38,9 +42,13 @@ responses are skipped. The final response's status, reason and headers go to
 ``sink.send_head`` without hop-by-hop and framing headers (the relay frames
 the body itself). Body bytes go to ``sink.send_data`` in chunks of at most
 64 KiB, counted against the response limit; the end of the message ends the
-call. A head or a body (declared or counted) over its limit is
-:class:`~trustelem_relay.ResponseTooLarge`; anything h11 cannot parse, or a
-close before the end, is :class:`~trustelem_relay.BadGateway`.
+call. A body framed by ``Content-Length`` alone is read past h11 once the
+head is parsed, in reads of up to 256 KiB (h11 would copy every chunk into
+its buffer and out again); h11's view of the head still decides
+whether the connection may be kept. A head or a body (declared or
+counted) over its limit is :class:`~trustelem_relay.ResponseTooLarge`;
+anything h11 cannot parse, or a close before the end, is
+:class:`~trustelem_relay.BadGateway`.
 
 Time
 ~~~~
@@ -66,7 +74,7 @@ Deliberately not done
 Redirects are relayed, never followed. Nothing is retried, not even on a
 kept-alive connection that the target closed just as it was reused. There is
 no ``Via`` or ``X-Forwarded-*`` header, no HTTP/2, no ``Upgrade`` and no
-``Expect: 100-continue`` (the whole body is at hand and is sent at once).
+``Expect: 100-continue`` (the body is sent at once, or as it arrives).
 """
 
 from __future__ import annotations
@@ -105,12 +113,28 @@ from ._forward_pool import ConnectionPool
 from ._forward_tls import client_context, pin_matches
 from ._policy import Target
 
-__all__ = ["CHUNK_SIZE", "ConnectionPool", "ForwardLimits", "ResponseSink", "forward"]
+__all__ = [
+    "CHUNK_SIZE",
+    "ConnectionPool",
+    "ForwardLimits",
+    "RequestBody",
+    "ResponseSink",
+    "forward",
+]
 
 log = logging.getLogger("trustelem_relay.forward")
 
-#: Largest piece handed to ``sink.send_data``, and the size of each read.
+#: Largest piece handed to ``sink.send_data`` (one DATA frame's worth), and
+#: the size of each read that goes to h11. Larger ones cost h11 more than
+#: they save: it copies them into its buffer and out again, and buffers
+#: past 128 KiB are mapped and faulted in afresh by the allocator.
 CHUNK_SIZE = 64 * 1024
+
+#: The size of each read of a body read past h11 (a stream window's worth).
+#: Each read yields to the scheduler, and the link's writer then sends the
+#: frames sealed meanwhile in one write: four frames per write instead of
+#: one, and as many fewer wake-ups of the hub (docs/performance.md).
+BODY_READ_SIZE = 4 * CHUNK_SIZE
 
 #: How long closing the target's connection may take once we are cancelled.
 _CLOSE_GRACE = 1.0
@@ -148,6 +172,27 @@ class ForwardLimits:
 _DEFAULT_LIMITS = ForwardLimits()
 
 
+class RequestBody(Protocol):
+    """A request body that is still arriving while it is forwarded.
+
+    ``length`` is exactly how many bytes ``receive`` will return in all;
+    the forwarder writes it as the request's ``Content-Length``.
+    """
+
+    @property
+    def length(self) -> int:
+        """The body's length, known before its bytes."""
+
+    async def receive(self) -> bytes:
+        """The next bytes of the body, ``b""`` after the last.
+
+        A call says that what the previous one returned has been written.
+        Raises a :class:`~trustelem_relay.RequestError` when the body
+        cannot be completed; the forwarder decides whether the target may
+        have seen the request.
+        """
+
+
 class ResponseSink(Protocol):
     """Where :func:`forward` delivers the target's answer.
 
@@ -167,7 +212,7 @@ class ResponseSink(Protocol):
 async def forward(
     target: Target,
     head: RequestHead,
-    body: bytes,
+    body: bytes | RequestBody,
     sink: ResponseSink,
     *,
     limits: ForwardLimits = _DEFAULT_LIMITS,
@@ -178,6 +223,8 @@ async def forward(
     """Perform one request against *target* and stream the answer to *sink*.
 
     The caller has already checked the request against the target's policy.
+    *body* is the whole body, or a :class:`RequestBody` whose bytes are
+    written to the target as they come.
     ``ssl_context_factory``, when given, replaces the built-in (cached)
     construction of the SSL context; hostname checking and the SPKI pin still
     follow the target's settings. With a *pool*, the connection is kept
@@ -235,6 +282,10 @@ class _Exchange:
         # Set the moment request bytes are handed to the socket, and never
         # cleared: from then on every failure may have reached the target.
         self.wrote_request = False
+        # A body still arriving, written after the head as it comes.
+        self.streamed: RequestBody | None = None
+        # Once a body was read past h11: whether nothing followed it.
+        self.read_past_h11: bool | None = None
         self.h11 = h11.Connection(
             our_role=h11.CLIENT, max_incomplete_event_size=limits.max_response_head
         )
@@ -261,8 +312,14 @@ class _Exchange:
             return self.fail(TimeoutAfterSending, message)
         return self.fail(TimeoutBeforeSending, message)
 
-    def start_phase(self, what: str, seconds: float) -> None:
-        """Bound what follows by *seconds* as well, until the next phase."""
+    def start_phase(
+        self, what: str, seconds: float, *, limit: float | None = None
+    ) -> None:
+        """Bound what follows by *seconds* as well, until the next phase.
+
+        *limit*, when given, is the phase's whole limit as a timeout names
+        it: *seconds* is then what is left of it (a phase in several parts).
+        """
         scope = self.scope
         now = trio.current_time()
         if now >= scope.deadline:
@@ -270,7 +327,8 @@ class _Exchange:
             # cancellation comes at the next checkpoint, and must name it.
             return
         end = now + seconds
-        self.phase, self.phase_limit, self.phase_end = what, seconds, end
+        self.phase, self.phase_end = what, end
+        self.phase_limit = seconds if limit is None else limit
         bound = min(end, self.deadline)
         if bound != scope.deadline:
             # Moving a deadline costs trio some work; often it is unchanged.
@@ -296,19 +354,26 @@ class _Exchange:
     # ------------------------------------------------------------------
     # Send the request
 
-    def encode_request(self, body: bytes, *, keep_alive: bool) -> list[bytes]:
+    def encode_request(
+        self, body: bytes | RequestBody, *, keep_alive: bool
+    ) -> list[bytes]:
         """Check the request and return its bytes in the pieces to write: a
-        large body is not copied behind the head."""
+        large body is not copied behind the head. A streamed body is not
+        among them: :meth:`send` writes it as it comes."""
         head = self.head
         limits = self.limits
-        if len(body) > limits.max_request_body:
+        if isinstance(body, bytes):
+            length = len(body)
+        else:
+            self.streamed, length, body = body, body.length, b""
+        if length > limits.max_request_body:
             raise self.fail(
                 RequestTooLarge,
-                f"the request body has {len(body)} bytes, over the limit of "
+                f"the request body has {length} bytes, over the limit of "
                 f"{limits.max_request_body}; nothing was sent",
             )
         try:
-            headers = request_headers(head, len(body), keep_alive=keep_alive)
+            headers = request_headers(head, length, keep_alive=keep_alive)
         except ValueError as exc:
             raise self.invalid(str(exc)) from exc
         encoded = encode_request_head(head.method, head.path, headers)
@@ -468,21 +533,67 @@ class _Exchange:
 
     async def send(self, stream: trio.abc.Stream, wire: list[bytes]) -> None:
         """Write the whole request; from here on the target may have it."""
+        body = self.streamed
+        if body is not None:
+            # Nothing is written before the body starts: one that never
+            # comes leaves the target untouched (a timeout before sending),
+            # and its first bytes leave with the head. The wait counts
+            # against the deadline only, not the connect or TLS limits.
+            self.end_phase()
+            first = await self.next_piece(body)
+            small = len(first) <= CHUNK_SIZE
+            wire = [wire[0] + first] if small else [wire[0], first]
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "[%s] sending %s (%d bytes) to target %r",
                 self.request_id,
                 self.head.method,
-                sum(map(len, wire)),
+                sum(map(len, wire)) if body is None else body.length,
                 self.target.name,
             )
         # Counted as written before the call: a partial write cannot be told
         # from a complete one, and a false "may have reached" is the safe side.
         self.wrote_request = True
+        started = trio.current_time()
         self.start_phase("sending the request", self.limits.send_timeout)
+        for piece in wire:
+            await self.write(stream, piece)
+        if body is not None:
+            await self.send_rest(stream, body, trio.current_time() - started)
+
+    async def send_rest(
+        self, stream: trio.abc.Stream, body: RequestBody, spent: float
+    ) -> None:
+        """Write a streamed body's bytes as they come, until its end.
+
+        The send limit bounds the time spent writing (*spent* so far), as
+        for a whole body; the waits for the hub's bytes count against the
+        request's deadline only, as the wait for a whole body did.
+        """
+        limit = self.limits.send_timeout
+        while True:
+            self.end_phase()
+            piece = await self.next_piece(body)
+            if not piece:
+                return
+            began = trio.current_time()
+            self.start_phase("sending the request", limit - spent, limit=limit)
+            await self.write(stream, piece)
+            spent += trio.current_time() - began
+
+    async def next_piece(self, body: RequestBody) -> bytes:
+        """The next bytes of a streamed body, its errors made this request's."""
         try:
-            for piece in wire:
-                await stream.send_all(piece)
+            return await body.receive()
+        except RequestError as exc:
+            exc.may_have_reached_target = self.wrote_request
+            exc.request_id = exc.request_id or self.request_id
+            raise
+
+    async def write(self, stream: trio.abc.Stream, data: bytes) -> None:
+        """Write request bytes, a broken connection made a BadGateway."""
+        try:
+            await stream.send_all(data)
         except (trio.BrokenResourceError, OSError) as exc:
             raise self.fail(
                 BadGateway,
@@ -512,9 +623,12 @@ class _Exchange:
                 relayed += len(event.data)
                 if relayed > self.limits.max_response_body:
                     raise self.body_too_large()
-                await self.relay_data(bytes(event.data))
+                await self.relay_data(event.data)
             elif type(event) is h11.Response:
-                await self.relay_head(event)
+                length = await self.relay_head(event)
+                if length is not None:
+                    await self.receive_body(stream, length)
+                    return
             elif type(event) is h11.InformationalResponse:
                 continue
             elif type(event) is h11.EndOfMessage:
@@ -530,15 +644,18 @@ class _Exchange:
                 # message we would already have returned on.
                 raise self.bad_response(None)
 
-    async def read(self, stream: trio.abc.Stream, *, first: bool) -> bytes:
-        """One read from the target, bounded by the limit of its phase."""
+    async def read(
+        self, stream: trio.abc.Stream, *, first: bool, size: int = CHUNK_SIZE
+    ) -> bytes:
+        """One read of at most *size* bytes from the target, bounded by the
+        limit of its phase."""
         limits = self.limits
         if first:
             self.start_phase("waiting for the answer", limits.first_byte_timeout)
         else:
             self.start_phase("waiting for more answer", limits.body_idle_timeout)
         try:
-            return bytes(await stream.receive_some(CHUNK_SIZE))
+            return bytes(await stream.receive_some(size))
         except (trio.BrokenResourceError, OSError) as exc:
             raise self.fail(
                 BadGateway,
@@ -546,8 +663,12 @@ class _Exchange:
                 "the answer was complete",
             ) from exc
 
-    async def relay_head(self, response: h11.Response) -> None:
-        """Check the head's sizes, then pass the cleaned head to the sink."""
+    async def relay_head(self, response: h11.Response) -> int | None:
+        """Check the head's sizes, then pass the cleaned head to the sink.
+
+        Returns the body's length when :meth:`receive_body` may read it
+        past h11: framed by ``Content-Length`` alone, and a body at all.
+        """
         # One pass over h11's header view, which is slow to iterate.
         received = list(response.headers)
         # h11 bounds a head that arrives over several reads; one that arrives
@@ -581,12 +702,58 @@ class _Exchange:
                 reason=bytes(response.reason),
             )
         )
+        # h11 frames by Transfer-Encoding first; HEAD, CONNECT, 204 and 304
+        # answers have no body whatever they declare.
+        if (
+            declared is None
+            or self.head.method in _NO_BODY_METHODS
+            or response.status_code in _NO_BODY_STATUSES
+            or any(name == b"transfer-encoding" for name, _ in received)
+        ):
+            return None
+        return declared
 
-    async def relay_data(self, data: bytes) -> None:
-        """Pass body bytes to the sink in chunks of at most CHUNK_SIZE."""
+    async def receive_body(self, stream: trio.abc.Stream, length: int) -> None:
+        """Relay a body of *length* bytes framed by ``Content-Length``.
+
+        Read past h11, which would copy each chunk into its buffer and out
+        again (about 0.4 ms per MiB): what h11 read beyond the head goes
+        first, then reads of up to BODY_READ_SIZE and never past the bytes
+        still due, cut into chunks by :meth:`relay_data`. h11 is left
+        behind; :meth:`can_reuse` then decides from what it saw of the head
+        and from what followed the body.
+        """
+        buffered, _ = self.h11.trailing_data
+        if buffered:
+            await self.relay_data(buffered[:length])
+        remaining = length - min(length, len(buffered))
+        while remaining:
+            size = min(remaining, BODY_READ_SIZE)
+            data = await self.read(stream, first=False, size=size)
+            if not data:
+                raise self.bad_response(None)
+            remaining -= len(data)
+            await self.relay_data(data)
+        log.debug(
+            "[%s] target %r answered with %d body bytes",
+            self.request_id,
+            self.target.name,
+            length,
+        )
+        # Bytes past the body would be read as the next answer.
+        self.read_past_h11 = len(buffered) <= length
+
+    async def relay_data(self, data: bytes | bytearray) -> None:
+        """Pass body bytes to the sink in chunks of at most CHUNK_SIZE.
+
+        h11 hands the body as a fresh bytearray of up to a read's size;
+        each chunk is copied out of it once, into the bytes the sink keeps.
+        Bytes read past h11 are already bytes: a read that fits in one
+        chunk passes as it is.
+        """
         self.end_phase()
         if len(data) <= CHUNK_SIZE:
-            await self.sink.send_data(data)
+            await self.sink.send_data(bytes(data))
             return
         view = memoryview(data)
         for start in range(0, len(data), CHUNK_SIZE):
@@ -625,6 +792,10 @@ class _Exchange:
         those bytes as the start of the next answer.
         """
         conn = self.h11
+        if self.read_past_h11 is not None:
+            # h11 stopped at the head; it said then whether either side
+            # asked to close (our state is MUST_CLOSE if one did).
+            return self.read_past_h11 and conn.our_state is h11.DONE
         return (
             conn.our_state is h11.DONE
             and conn.their_state is h11.DONE
@@ -636,6 +807,11 @@ class _Exchange:
 # Helpers
 
 _END_OF_MESSAGE = h11.EndOfMessage()
+
+#: Requests and answers that carry no body whatever their head declares
+#: (a 2xx answer to CONNECT switches protocols instead).
+_NO_BODY_METHODS = frozenset({"HEAD", "CONNECT"})
+_NO_BODY_STATUSES = frozenset({204, 304})
 
 
 @functools.lru_cache(maxsize=64)

@@ -8,7 +8,7 @@ own connection. So the forwarder rebuilds both heads here:
 * Outgoing request: the hop-by-hop headers of RFC 9110 section 7.6.1 are
   dropped, with every header the request's ``Connection`` names; so are
   ``Host``, ``Content-Length`` and ``Expect``, which the relay writes itself
-  (the relay holds the whole body and sends it at once, so there is nothing
+  (the relay sends the body at once, or as it arrives, so there is nothing
   to wait for). Then come ``Host`` from the URL's authority, exactly one
   ``Content-Length`` when there is a body or the method carries one, and
   ``Connection: close`` unless the connection is to be kept.

@@ -383,7 +383,7 @@ class Hub:
                 f"request body of {len(body)} bytes is over the limit of "
                 f"{self.limits.max_request_body}"
             )
-        head = _request_head(method, url, headers)
+        head = _request_head(method, url, headers, len(body))
         tried: list[Session] = []
 
         while True:
@@ -544,8 +544,19 @@ def _text(value: object, limit: int) -> str:
 
 
 def _request_head(
-    method: str, url: str, headers: Iterable[tuple[str | bytes, str | bytes]]
+    method: str,
+    url: str,
+    headers: Iterable[tuple[str | bytes, str | bytes]],
+    body_length: int = 0,
 ) -> RequestHead:
+    """The head to send for a request; a body's length is announced.
+
+    With a body, the caller's ``Content-Length`` (if any) is replaced by
+    the body's real length: the agent streams the body to the target as
+    it arrives and checks it against that number. Without one there is
+    nothing to announce and the head goes as given (the agent writes the
+    framing headers itself either way).
+    """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise RequestError(
@@ -567,6 +578,11 @@ def _request_head(
         )
         for n, v in headers
     )
+    if body_length:
+        wire = (
+            *(field for field in wire if field[0] != b"content-length"),
+            (b"content-length", b"%d" % body_length),
+        )
     return RequestHead(
         method=method.upper(),
         scheme=parts.scheme,
