@@ -1,0 +1,274 @@
+"""Forwarding, the way back: read the target's answer and relay it to the sink.
+
+Theory of operation
+-------------------
+:func:`receive` takes over once the request is written. It feeds h11 the
+bytes the target sends and acts on the events that come out, until the
+final response is complete: 1xx answers are passed over; the final head is
+measured against its limit, cleaned of hop-by-hop and framing headers
+(:mod:`._forward_http`) and handed to the sink; body bytes follow in
+chunks of at most :data:`CHUNK_SIZE`. When the head frames the body by
+``Content-Length`` alone, h11 stops after the head and the body is read
+straight from the stream, :data:`BODY_READ_SIZE` at a time.
+
+Every read opens the phase it belongs to on the exchange's clock (the
+first byte, then the gap between two reads); every call into the sink
+closes it, so the sink's waits count against the request's deadline only.
+The errors raised here all come after the request was written: a broken
+or unparsable answer is a :class:`~trustelem_relay.BadGateway`, one over a
+size limit a :class:`~trustelem_relay.ResponseTooLarge`. Afterwards
+:func:`can_reuse` says whether the connection ended cleanly enough to carry
+another request.
+
+The state (limits, sink, h11 machine, clock) is the exchange's
+(:class:`._forward._Exchange`); the functions here act on it and keep none
+of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import h11
+import trio
+
+from ._errors import BadGateway, RequestError, ResponseTooLarge
+from ._events import ResponseHead
+from ._forward_http import content_length, relayed_response_headers
+
+if TYPE_CHECKING:
+    from ._forward import _Exchange
+
+__all__ = ["BODY_READ_SIZE", "CHUNK_SIZE", "can_reuse", "receive"]
+
+log = logging.getLogger("trustelem_relay.forward")
+
+#: Largest piece handed to ``sink.send_data`` (one DATA frame's worth), and
+#: the size of each read that goes to h11. Larger ones cost h11 more than
+#: they save: it copies them into its buffer and out again, and buffers
+#: past 128 KiB are mapped and faulted in afresh by the allocator.
+CHUNK_SIZE = 64 * 1024
+
+#: The size of each read of a body read past h11 (a stream window's worth).
+#: Each read yields to the scheduler, and the link's writer then sends the
+#: frames sealed meanwhile in one write: four frames per write instead of
+#: one, and as many fewer wake-ups of the hub (docs/performance.md).
+BODY_READ_SIZE = 4 * CHUNK_SIZE
+
+
+#: Requests and answers that carry no body whatever their head declares
+#: (a 2xx answer to CONNECT switches protocols instead).
+_NO_BODY_METHODS = frozenset({"HEAD", "CONNECT"})
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+async def receive(exchange: _Exchange, stream: trio.abc.Stream) -> None:
+    """Relay the response to the sink until the end of its body."""
+    # Nothing was read yet, so h11 could only say that it needs data.
+    exchange.h11.receive_data(await _read(exchange, stream, first=True))
+    relayed = 0  # body bytes handed to the sink
+    while True:
+        try:
+            event = exchange.h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise _bad_response(exchange, exc) from exc
+
+        # By exact type: h11's events derive from an ABC, whose
+        # isinstance checks are slow, and h11 never subclasses them.
+        if event is h11.NEED_DATA:
+            exchange.h11.receive_data(await _read(exchange, stream, first=False))
+        elif type(event) is h11.Data:
+            relayed += len(event.data)
+            if relayed > exchange.limits.max_response_body:
+                raise _body_too_large(exchange)
+            await _relay_data(exchange, event.data)
+        elif type(event) is h11.Response:
+            length = await _relay_head(exchange, event)
+            if length is not None:
+                await _receive_body(exchange, stream, length)
+                return
+        elif type(event) is h11.InformationalResponse:
+            continue
+        elif type(event) is h11.EndOfMessage:
+            log.debug(
+                "[%s] target %r answered with %d body bytes",
+                exchange.request_id,
+                exchange.target.name,
+                relayed,
+            )
+            return
+        else:
+            # ConnectionClosed, or PAUSED, which only follows an end of
+            # message we would already have returned on.
+            raise _bad_response(exchange, None)
+
+
+async def _read(
+    exchange: _Exchange, stream: trio.abc.Stream, *, first: bool, size: int = CHUNK_SIZE
+) -> bytes:
+    """One read of at most *size* bytes from the target, bounded by the
+    limit of its phase."""
+    limits = exchange.limits
+    if first:
+        exchange.start_phase("waiting for the answer", limits.first_byte_timeout)
+    else:
+        exchange.start_phase("waiting for more answer", limits.body_idle_timeout)
+    try:
+        return bytes(await stream.receive_some(size))
+    except (trio.BrokenResourceError, OSError) as exc:
+        raise exchange.fail(
+            BadGateway,
+            f"the connection to target {exchange.target.name!r} broke before "
+            "the answer was complete",
+        ) from exc
+
+
+async def _relay_head(exchange: _Exchange, response: h11.Response) -> int | None:
+    """Check the head's sizes, then pass the cleaned head to the sink.
+
+    Returns the body's length when :func:`_receive_body` may read it
+    past h11: framed by ``Content-Length`` alone, and a body at all.
+    """
+    # One pass over h11's header view, which is slow to iterate.
+    received = list(response.headers)
+    # h11 bounds a head that arrives over several reads; one that arrives
+    # whole in a single read is measured here (lines plus CRLFs).
+    size = len(response.reason) + 15
+    size += sum(len(name) + len(value) + 4 for name, value in received)
+    if size > exchange.limits.max_response_head:
+        raise _head_too_large(exchange)
+    if response.status_code > 599:
+        # h11 accepts any three digits; HTTP and the relay stop at 599.
+        raise exchange.fail(
+            BadGateway, f"target answered status {response.status_code}"
+        )
+    declared = content_length(received)
+    if declared is not None and declared > exchange.limits.max_response_body:
+        raise _body_too_large(exchange)
+
+    headers = relayed_response_headers(received)
+    log.debug(
+        "[%s] target %r answered %d",
+        exchange.request_id,
+        exchange.target.name,
+        response.status_code,
+    )
+    # The sink's waits for flow control count against the deadline only.
+    exchange.end_phase()
+    await exchange.sink.send_head(
+        ResponseHead(
+            status=response.status_code,
+            headers=headers,
+            reason=bytes(response.reason),
+        )
+    )
+    # h11 frames by Transfer-Encoding first; HEAD, CONNECT, 204 and 304
+    # answers have no body whatever they declare.
+    if (
+        declared is None
+        or exchange.head.method in _NO_BODY_METHODS
+        or response.status_code in _NO_BODY_STATUSES
+        or any(name == b"transfer-encoding" for name, _ in received)
+    ):
+        return None
+    return declared
+
+
+async def _receive_body(
+    exchange: _Exchange, stream: trio.abc.Stream, length: int
+) -> None:
+    """Relay a body of *length* bytes framed by ``Content-Length``.
+
+    Read past h11, which would copy each chunk into its buffer and out
+    again (about 0.4 ms per MiB): what h11 read beyond the head goes
+    first, then reads of up to BODY_READ_SIZE and never past the bytes
+    still due, cut into chunks by :func:`_relay_data`. h11 is left
+    behind; :func:`can_reuse` then decides from what it saw of the head
+    and from what followed the body.
+    """
+    buffered, _ = exchange.h11.trailing_data
+    if buffered:
+        await _relay_data(exchange, buffered[:length])
+    remaining = length - min(length, len(buffered))
+    while remaining:
+        size = min(remaining, BODY_READ_SIZE)
+        data = await _read(exchange, stream, first=False, size=size)
+        if not data:
+            raise _bad_response(exchange, None)
+        remaining -= len(data)
+        await _relay_data(exchange, data)
+    log.debug(
+        "[%s] target %r answered with %d body bytes",
+        exchange.request_id,
+        exchange.target.name,
+        length,
+    )
+    # Bytes past the body would be read as the next answer.
+    exchange.read_past_h11 = len(buffered) <= length
+
+
+async def _relay_data(exchange: _Exchange, data: bytes | bytearray) -> None:
+    """Pass body bytes to the sink in chunks of at most CHUNK_SIZE.
+
+    h11 hands the body as a fresh bytearray of up to a read's size;
+    each chunk is copied out of it once, into the bytes the sink keeps.
+    Bytes read past h11 are already bytes: a read that fits in one
+    chunk passes as it is.
+    """
+    exchange.end_phase()
+    if len(data) <= CHUNK_SIZE:
+        await exchange.sink.send_data(bytes(data))
+        return
+    view = memoryview(data)
+    for start in range(0, len(data), CHUNK_SIZE):
+        await exchange.sink.send_data(bytes(view[start : start + CHUNK_SIZE]))
+
+
+def _body_too_large(exchange: _Exchange) -> RequestError:
+    return exchange.fail(
+        ResponseTooLarge,
+        f"the answer of target {exchange.target.name!r} is over the limit of "
+        f"{exchange.limits.max_response_body} bytes",
+    )
+
+
+def _head_too_large(exchange: _Exchange) -> RequestError:
+    return exchange.fail(
+        ResponseTooLarge,
+        f"the response head of target {exchange.target.name!r} is over the "
+        f"limit of {exchange.limits.max_response_head} bytes",
+    )
+
+
+def _bad_response(
+    exchange: _Exchange, exc: h11.RemoteProtocolError | None
+) -> RequestError:
+    """Translate a broken answer; h11's text may quote the target's bytes."""
+    # 431 is h11's hint for a head that outgrew max_incomplete_event_size.
+    if exc is not None and exc.error_status_hint == 431:
+        return _head_too_large(exchange)
+    return exchange.fail(
+        BadGateway,
+        f"target {exchange.target.name!r} closed the connection or sent "
+        "something that is not HTTP/1.1 before the answer was complete",
+    )
+
+
+def can_reuse(exchange: _Exchange) -> bool:
+    """Whether the connection may carry another request after this one.
+
+    Both sides must have finished cleanly without asking to close, and
+    nothing may follow the response: a fresh h11 machine would read
+    those bytes as the start of the next answer.
+    """
+    conn = exchange.h11
+    if exchange.read_past_h11 is not None:
+        # h11 stopped at the head; it said then whether either side
+        # asked to close (our state is MUST_CLOSE if one did).
+        return exchange.read_past_h11 and conn.our_state is h11.DONE
+    return (
+        conn.our_state is h11.DONE
+        and conn.their_state is h11.DONE
+        and conn.trailing_data == (b"", False)
+    )
