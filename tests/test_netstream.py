@@ -340,3 +340,21 @@ async def test_empty_send_all_with_nothing_pending_writes_nothing(
     assert stream.send_nowait(b"")
     await stream.send_all(b"end")
     assert await read_exactly(server, 3) == b"end"
+
+
+async def test_tls_read_hands_over_every_record_already_received(
+    tcp_pair: tuple[trio.SocketStream, trio.SocketStream], tls: TlsMaterial
+) -> None:
+    # The ssl module gives one 16 KiB record per read; one receive_some
+    # gives all the records its socket read brought (up to max_bytes).
+    stream, peer = tls_client_and_trio_server(tcp_pair, tls)
+    await handshake_both(stream, peer)
+    payload = os.urandom(100_000)
+    await peer.send_all(payload)
+
+    first = await stream.receive_some(1 << 20)
+    assert len(first) > 16384
+    assert first + await read_exactly(stream, len(payload) - len(first)) == payload
+    # max_bytes still bounds what one call returns.
+    await peer.send_all(payload)
+    assert len(await stream.receive_some(20_000)) <= 20_000
