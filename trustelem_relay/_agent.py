@@ -563,9 +563,14 @@ class Agent:
                     remaining = max(0.001, timeout)
                 else:
                     body, remaining = await self._collect_body(exchange, timeout)
+                if remaining != timeout:
+                    # forward takes the smaller of the head's and the
+                    # target's timeouts itself; only the body's wait (or
+                    # the 1 ms floor) needs a new head.
+                    head = attrs.evolve(head, timeout=remaining)
                 await forward(
                     exchange.target,
-                    attrs.evolve(head, timeout=remaining),
+                    head,
                     body,
                     exchange,
                     limits=self.settings.forward,
