@@ -16,11 +16,13 @@ concurrency limits whether it may go now; a refusal is a typed RESET sent at
 once, and nothing is dialled. When the head announces the body's length
 (``Hub.request`` always does), :func:`._forward.forward` dials at once and
 writes the body to the target as its frames arrive, crediting the hub no
-further ahead of its writes than a bound (:mod:`._agent_body`); otherwise
-the body is collected first (it is bounded at 1 MiB). Either way the answer streams
-back chunk by chunk as the hub's flow-control windows allow. Each
-session keeps a :class:`._forward_pool.ConnectionPool`, so that requests to a
-target reuse kept-alive connections instead of dialling every time.
+further ahead of its writes than a bound (:mod:`._agent_body`); a body that
+is all there when the task starts (a small one usually is) is written with
+the head instead. Without that announcement the body is collected first (it
+is bounded at 1 MiB). Either way the answer streams back chunk by chunk as
+the hub's flow-control windows allow. Each session keeps a
+:class:`._forward_pool.ConnectionPool`, so that requests to a target reuse
+kept-alive connections instead of dialling every time.
 
 :meth:`Agent.drain` stops taking requests (GOAWAY to the hub), lets the ones
 in flight finish within the grace period, then closes the session and makes
@@ -554,13 +556,21 @@ class Agent:
                 body: bytes | StreamedBody
                 if exchange.streamed is not None:
                     # An announced length over the limit is refused by
-                    # forward, which checks it before dialling.
-                    body, remaining = exchange.streamed, max(0.001, timeout)
+                    # forward, which checks it before dialling. A body
+                    # that is all here already goes whole, with the head.
+                    whole = exchange.streamed.take_whole()
+                    body = exchange.streamed if whole is None else whole
+                    remaining = max(0.001, timeout)
                 else:
                     body, remaining = await self._collect_body(exchange, timeout)
+                if remaining != timeout:
+                    # forward takes the smaller of the head's and the
+                    # target's timeouts itself; only the body's wait (or
+                    # the 1 ms floor) needs a new head.
+                    head = attrs.evolve(head, timeout=remaining)
                 await forward(
                     exchange.target,
-                    attrs.evolve(head, timeout=remaining),
+                    head,
                     body,
                     exchange,
                     limits=self.settings.forward,

@@ -14,7 +14,11 @@ always did.
 :class:`StreamedBody` sits between the link's reader, which feeds it DATA
 frames (:meth:`~StreamedBody.feed`, :meth:`~StreamedBody.end`), and the
 forwarder, which pulls pieces with :meth:`~StreamedBody.receive` and writes
-them to the target (a call says the previous piece is written).
+them to the target (a call says the previous piece is written). A body that
+has all arrived before the forwarder starts (a small one comes with its
+head, in the same read) is taken whole instead, with
+:meth:`~StreamedBody.take_whole`, and written with the head as a collected
+body is: streaming it would only add a wait and a phase per piece.
 
 Credit goes back to the hub as frames arrive, as long as the bytes credited
 but not yet written stay within :data:`AHEAD` (one stream window); past
@@ -143,6 +147,23 @@ class StreamedBody:
                 f"{self.length} bytes its Content-Length announced"
             )
         self._arrived.set()
+
+    def take_whole(self) -> bytes | None:
+        """(forwarder) All of the body at once, if it has all arrived intact.
+
+        Returns None while bytes are still due, or once the body broke
+        the announced length; then :meth:`receive` goes on as usual. To be
+        called before the first ``receive``: taking the body ends the
+        streaming, and its credit goes back to the hub now, as for a body
+        collected whole.
+        """
+        if not self._ended or self._error is not None:
+            return None
+        data = b"".join(self._pieces)
+        self._pieces.clear()
+        self._unwritten = 0
+        self._settle()
+        return data
 
     async def receive(self) -> bytes:
         """(forwarder) The next bytes to write; ``b""`` once all were.
