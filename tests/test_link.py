@@ -1,4 +1,4 @@
-"""Link.flush: small frames leave at once, large ones through the writer.
+"""Link.flush: small frames and whole batches leave at once, others wait.
 
 A hub-side :class:`Link` over a real websocket on 127.0.0.1 (the package's
 own client and server, on :class:`NetStream`), with the two sans-IO ends of
@@ -47,6 +47,14 @@ class Wired:
             while len(events) < count:
                 for message in await self.agent_ws.receive_messages():
                     events += self.agent.receive_message(message)
+        return events
+
+    async def agent_events_from_writer(self, count: int) -> list[Event]:
+        """Run the link (its writer) until the agent has ``count`` events."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: self.link.run(heartbeat=None))
+            events = await self.agent_events(count)
+            nursery.cancel_scope.cancel()
         return events
 
 
@@ -109,13 +117,37 @@ async def test_large_frames_wait_for_the_writer(wired: Wired) -> None:
     sequence = wired.link.flush()
     assert not wired.link.was_sent(sequence)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: wired.link.run(heartbeat=None))
-        events = await wired.agent_events(2)
-        nursery.cancel_scope.cancel()
+    events = await wired.agent_events_from_writer(2)
     assert wired.link.was_sent(sequence)
     assert isinstance(events[0], RequestReceived)
     assert events[1] == DataReceived(stream_id, b"x" * (SEND_NOW_LIMIT + 1))
+
+
+async def test_a_whole_batch_leaves_from_flush_itself(wired: Wired) -> None:
+    # Large frames that the caller calls a whole batch skip the writer.
+    stream_id = open_stream(wired.hub)
+    wired.hub.send_data(stream_id, b"x" * (SEND_NOW_LIMIT + 1))
+    sequence = wired.link.flush(whole=True)
+
+    assert wired.link.was_sent(sequence)
+    events = await wired.agent_events(2)
+    assert isinstance(events[0], RequestReceived)
+    assert events[1] == DataReceived(stream_id, b"x" * (SEND_NOW_LIMIT + 1))
+
+
+async def test_a_whole_batch_never_overtakes_a_queued_one(wired: Wired) -> None:
+    stream_id = open_stream(wired.hub)
+    wired.hub.send_data(stream_id, b"x" * (SEND_NOW_LIMIT + 1))
+    first = wired.link.flush()
+    wired.hub.send_data(stream_id, b"y" * (SEND_NOW_LIMIT + 1))
+    second = wired.link.flush(whole=True)
+    assert not wired.link.was_sent(first)
+    assert not wired.link.was_sent(second)
+
+    events = await wired.agent_events_from_writer(3)
+    assert events[1] == DataReceived(stream_id, b"x" * (SEND_NOW_LIMIT + 1))
+    assert events[2] == DataReceived(stream_id, b"y" * (SEND_NOW_LIMIT + 1))
+    assert wired.link.was_sent(second)
 
 
 async def test_a_small_frame_never_overtakes_a_queued_one(wired: Wired) -> None:
@@ -128,10 +160,7 @@ async def test_a_small_frame_never_overtakes_a_queued_one(wired: Wired) -> None:
     assert not wired.link.was_sent(first)
     assert not wired.link.was_sent(second)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: wired.link.run(heartbeat=None))
-        events = await wired.agent_events(3)
-        nursery.cancel_scope.cancel()
+    events = await wired.agent_events_from_writer(3)
     assert isinstance(events[0], RequestReceived)
     assert isinstance(events[1], DataReceived)
     assert events[2] == PingReceived(b"after---")

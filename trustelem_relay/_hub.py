@@ -440,11 +440,11 @@ class Hub:
         request_id = f"{session.session_id}.{stream_id}"
         pending = Pending(request_id, self.limits.max_response_body)
         session.pending[stream_id] = pending
-        # The body's first chunk goes in the same write as the head when
-        # the window allows (a fresh stream's always does for small bodies).
-        rest = _queue_body_start(conn, stream_id, body)
-        # The REQUEST frame's number: only that first chunk follows it.
-        sequence = link.flush() - (len(rest) < len(body))
+        # The body goes in the same write as the head as far as the window
+        # allows (a fresh stream's always does for small bodies).
+        rest, chunks = _queue_body_start(conn, stream_id, body)
+        # The REQUEST frame's number: only those chunks follow it.
+        sequence = link.flush(whole=True) - chunks
         self._changed()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
@@ -508,26 +508,41 @@ class Hub:
 
     async def _send_body(self, link: Link, stream_id: int, view: memoryview) -> None:
         """Send the rest of a body as the stream's window allows."""
-        conn = link.conn
         while view:
-            window = await link.wait_send_window(stream_id)
-            chunk, view = view[:window], view[window:]
-            conn.send_data(stream_id, bytes(chunk), end_stream=not view)
-            link.flush()
+            await link.wait_send_window(stream_id)
+            view, _ = _queue_body(link.conn, stream_id, view)
+            # Straight from this task: a hop through the writer delayed
+            # each batch by a task switch, while the agent waited for it.
+            link.flush(whole=True)
 
 
-def _queue_body_start(conn: Connection, stream_id: int, body: bytes) -> memoryview:
-    """Queue as much of ``body`` as the window takes now, in one DATA frame;
-    return the rest."""
-    view = memoryview(body)
-    window = conn.send_window(stream_id) if body else 0
-    if len(body) <= window:
-        if body:
-            conn.send_data(stream_id, body, end_stream=True)
-        return view[len(body) :]
-    if window:
-        conn.send_data(stream_id, bytes(view[:window]))
-    return view[window:]
+def _queue_body_start(
+    conn: Connection, stream_id: int, body: bytes
+) -> tuple[memoryview, int]:
+    """Queue as much of ``body`` as the window takes now; return the rest
+    and the number of DATA frames queued."""
+    if not body:
+        return memoryview(body), 0
+    if len(body) <= conn.send_window(stream_id):
+        # A small body: one frame, no copy.
+        conn.send_data(stream_id, body, end_stream=True)
+        return memoryview(body)[len(body) :], 1
+    return _queue_body(conn, stream_id, memoryview(body))
+
+
+def _queue_body(
+    conn: Connection, stream_id: int, view: memoryview
+) -> tuple[memoryview, int]:
+    """Queue DATA frames from ``view`` while the window lasts; return the
+    rest and the number of frames queued."""
+    frames = 0
+    window = conn.send_window(stream_id)
+    while window and view:
+        chunk, view = view[:window], view[window:]
+        conn.send_data(stream_id, bytes(chunk), end_stream=not view)
+        frames += 1
+        window = conn.send_window(stream_id)
+    return view, frames
 
 
 def _listener_port(listener: trio.SocketListener) -> int:

@@ -117,14 +117,17 @@ class Link:
     # ------------------------------------------------------------------
     # Sending
 
-    def flush(self) -> int:
+    def flush(self, *, whole: bool = False) -> int:
         """Send the connection's queued frames, or hand them to the writer.
 
         Small frames leave at once, from the calling task, when nothing is
         queued ahead of them, no write is under way and the link is not
-        closing; the rest wait for the writer. Returns the sequence number
-        of the last frame queued, so a caller can later ask :meth:`was_sent`
-        whether it left this process.
+        closing; the rest wait for the writer. ``whole=True`` says that
+        the frames are a whole batch (say, all the body chunks a window
+        allows), which nothing sealed soon after would join: they then
+        leave at once whatever their size, under the same conditions.
+        Returns the sequence number of the last frame queued, so a caller
+        can later ask :meth:`was_sent` whether it left this process.
         """
         frames = self.conn.data_to_send()
         if not frames:
@@ -133,7 +136,7 @@ class Link:
         if (
             not self._outgoing
             and self.closed_reason is None
-            and sum(map(len, frames)) <= SEND_NOW_LIMIT
+            and (whole or sum(map(len, frames)) <= SEND_NOW_LIMIT)
             and self.ws.send_messages_nowait(frames)
         ):
             self.frames_sent += len(frames)
