@@ -34,6 +34,7 @@ from trustelem_relay import (
 )
 from trustelem_relay._events import RequestHead, ResponseHead
 from trustelem_relay._forward import (
+    BODY_READ_SIZE,
     CHUNK_SIZE,
     ConnectionPool,
     ForwardLimits,
@@ -357,7 +358,7 @@ async def test_large_body_reaches_the_sink_in_bounded_chunks() -> None:
         await forward(target_at(origin.port), request(), b"", sink)
 
     assert sink.body == body
-    assert all(0 < len(chunk) <= CHUNK_SIZE for chunk in sink.chunks)
+    assert all(0 < len(chunk) <= BODY_READ_SIZE for chunk in sink.chunks)
 
 
 async def test_body_without_framing_ends_at_close() -> None:

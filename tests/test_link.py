@@ -16,18 +16,25 @@ from dataclasses import dataclass
 
 import pytest
 import trio
+import trio.testing
 from support.pair import make_pair
 
+from trustelem_relay._agent import _Exchange
 from trustelem_relay._events import (
     DataReceived,
     Event,
     PingReceived,
     RequestHead,
     RequestReceived,
+    ResponseHead,
+    ResponseReceived,
+    StreamEnded,
 )
+from trustelem_relay._forward import CHUNK_SIZE
 from trustelem_relay._link import SEND_NOW_LIMIT, Link
 from trustelem_relay._mux import Connection
 from trustelem_relay._netstream import NetStream
+from trustelem_relay._policy import Target
 from trustelem_relay._websocket import WebSocket, accept, connect
 
 MAX_MESSAGE = 1 << 20
@@ -174,3 +181,84 @@ async def test_nothing_leaves_from_flush_once_the_link_is_closing(
     wired.hub.ping(b"too-late")
     sequence = wired.link.flush()
     assert not wired.link.was_sent(sequence)
+
+
+# --------------------------------------------------------------------------
+# The agent's answer: the frames of one read leave from the forwarding task
+
+
+async def answering(wired: Wired) -> tuple[int, _Exchange]:
+    """A request the agent received, and its sink with the answer's head
+    sent, on a link whose loops do not run: whatever reaches the hub was
+    written by the calling task."""
+    stream_id = open_stream(wired.hub)
+    wired.link.flush()
+    await wired.agent_events(1)
+    link = Link(
+        wired.agent,
+        wired.agent_ws,
+        on_event=lambda event: None,
+        log=logging.LoggerAdapter(logging.getLogger("test"), {}),
+    )
+    target = Target(name="scim", host="127.0.0.1", port=1)
+    exchange = _Exchange(link, stream_id, f"test.{stream_id}", target)
+    await exchange.send_head(ResponseHead(200, ()))
+    return stream_id, exchange
+
+
+async def hub_events(wired: Wired, count: int) -> list[Event]:
+    """Read the hub's side by hand until ``count`` events came."""
+    events: list[Event] = []
+    with trio.fail_after(5):
+        while len(events) < count:
+            for message in await wired.link.ws.receive_messages():
+                events += wired.hub.receive_message(message)
+    return events
+
+
+async def drain_to_hub(wired: Wired, exchange: _Exchange, count: int) -> list[Event]:
+    """Write what the kernel did not take yet, as the link's writer would,
+    while the hub reads ``count`` events."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(exchange.link.ws.send_messages, [])
+        return await hub_events(wired, count)
+
+
+async def test_a_read_of_the_answer_leaves_at_once_but_its_last_chunk(
+    wired: Wired,
+) -> None:
+    stream_id, exchange = await answering(wired)
+    await exchange.send_data(b"a" * CHUNK_SIZE + b"b" * CHUNK_SIZE + b"c")
+    assert exchange.link.was_sent(exchange.link.frames_queued)
+    events = await drain_to_hub(wired, exchange, 3)
+    assert isinstance(events[0], ResponseReceived)
+    assert events[1:] == [
+        DataReceived(stream_id, b"a" * CHUNK_SIZE),
+        DataReceived(stream_id, b"b" * CHUNK_SIZE),
+    ]
+
+    # The held chunk carries the end.
+    await exchange.finish()
+    assert await drain_to_hub(wired, exchange, 2) == [
+        DataReceived(stream_id, b"c"),
+        StreamEnded(stream_id),
+    ]
+
+
+async def test_frames_sealed_before_a_wait_for_credit_leave_before_it(
+    wired: Wired,
+) -> None:
+    stream_id, exchange = await answering(wired)
+    window = wired.agent.send_window(stream_id) * 4  # the stream's, untouched
+
+    # A window's worth and one chunk more: the chunk held from the first
+    # read fills the window, the second read's first chunk must wait.
+    await exchange.send_data(bytes(window))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(exchange.send_data, bytes(2 * CHUNK_SIZE))
+        await trio.testing.wait_all_tasks_blocked()
+        events = await drain_to_hub(wired, exchange, 1 + window // CHUNK_SIZE)
+        nursery.cancel_scope.cancel()
+    data = [event for event in events if isinstance(event, DataReceived)]
+    assert sum(len(event.data) for event in data) == window
+    assert wired.agent.send_window(stream_id) == 0

@@ -102,7 +102,7 @@ import trio
 from ._errors import RequestError, TimeoutAfterSending, TimeoutBeforeSending
 from ._events import RequestHead, ResponseHead
 from ._forward_pool import ConnectionPool
-from ._forward_receive import CHUNK_SIZE, can_reuse, receive
+from ._forward_receive import BODY_READ_SIZE, CHUNK_SIZE, can_reuse, receive
 from ._forward_send import (
     close_stream,
     encode_request,
@@ -114,6 +114,7 @@ from ._forward_send import (
 from ._policy import Target
 
 __all__ = [
+    "BODY_READ_SIZE",
     "CHUNK_SIZE",
     "ConnectionPool",
     "ForwardLimits",
@@ -182,7 +183,8 @@ class ResponseSink(Protocol):
     """Where :func:`forward` delivers the target's answer.
 
     ``send_head`` is called once, then ``send_data`` zero or more times with
-    chunks of at most :data:`CHUNK_SIZE` bytes. The body is complete when
+    the body bytes of one read each, at most :data:`BODY_READ_SIZE` (the
+    sink cuts them into its frames). The body is complete when
     :func:`forward` returns normally; if it raises instead, the answer is
     incomplete and must be abandoned.
     """
@@ -191,7 +193,7 @@ class ResponseSink(Protocol):
         """Relay the status line and headers."""
 
     async def send_data(self, data: bytes) -> None:
-        """Relay one body chunk; may block until the receiver has room."""
+        """Relay the bytes of one read; may block until the receiver has room."""
 
 
 async def forward(

@@ -6,10 +6,10 @@ Theory of operation
 bytes the target sends and acts on the events that come out, until the
 final response is complete: 1xx answers are passed over; the final head is
 measured against its limit, cleaned of hop-by-hop and framing headers
-(:mod:`._forward_http`) and handed to the sink; body bytes follow in
-chunks of at most :data:`CHUNK_SIZE`. When the head frames the body by
-``Content-Length`` alone, h11 stops after the head and the body is read
-straight from the stream, :data:`BODY_READ_SIZE` at a time.
+(:mod:`._forward_http`) and handed to the sink; body bytes follow as they
+were read, at most :data:`BODY_READ_SIZE` at a time. When the head frames
+the body by ``Content-Length`` alone, h11 stops after the head and the
+body is read straight from the stream, :data:`BODY_READ_SIZE` at a time.
 
 Every read opens the phase it belongs to on the exchange's clock (the
 first byte, then the gap between two reads); every call into the sink
@@ -44,16 +44,17 @@ __all__ = ["BODY_READ_SIZE", "CHUNK_SIZE", "can_reuse", "receive"]
 
 log = logging.getLogger("trustelem_relay.forward")
 
-#: Largest piece handed to ``sink.send_data`` (one DATA frame's worth), and
-#: the size of each read that goes to h11. Larger ones cost h11 more than
-#: they save: it copies them into its buffer and out again, and buffers
-#: past 128 KiB are mapped and faulted in afresh by the allocator.
+#: One DATA frame's worth of body, and the size of each read that goes to
+#: h11. Larger ones cost h11 more than they save: it copies them into its
+#: buffer and out again, and buffers past 128 KiB are mapped and faulted in
+#: afresh by the allocator.
 CHUNK_SIZE = 64 * 1024
 
-#: The size of each read of a body read past h11 (a stream window's worth).
-#: Each read yields to the scheduler, and the link's writer then sends the
-#: frames sealed meanwhile in one write: four frames per write instead of
-#: one, and as many fewer wake-ups of the hub (docs/performance.md).
+#: The size of each read of a body read past h11 (a stream window's worth),
+#: and the largest piece handed to ``sink.send_data``. The sink frames a
+#: read's bytes and sends the frames in one write: four frames per write
+#: instead of one, and as many fewer wake-ups of the hub
+#: (docs/performance.md).
 BODY_READ_SIZE = 4 * CHUNK_SIZE
 
 
@@ -209,20 +210,14 @@ async def _receive_body(
 
 
 async def _relay_data(exchange: _Exchange, data: bytes | bytearray) -> None:
-    """Pass body bytes to the sink in chunks of at most CHUNK_SIZE.
+    """Pass the body bytes of one read to the sink, in one call.
 
-    h11 hands the body as a fresh bytearray of up to a read's size;
-    each chunk is copied out of it once, into the bytes the sink keeps.
-    Bytes read past h11 are already bytes: a read that fits in one
-    chunk passes as it is.
+    h11 hands the body as a fresh bytearray of up to a read's size, copied
+    once into the bytes the sink keeps; bytes read past h11 are already
+    bytes and pass as they are.
     """
     exchange.end_phase()
-    if len(data) <= CHUNK_SIZE:
-        await exchange.sink.send_data(bytes(data))
-        return
-    view = memoryview(data)
-    for start in range(0, len(data), CHUNK_SIZE):
-        await exchange.sink.send_data(bytes(view[start : start + CHUNK_SIZE]))
+    await exchange.sink.send_data(bytes(data))
 
 
 def _body_too_large(exchange: _Exchange) -> RequestError:
