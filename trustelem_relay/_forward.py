@@ -50,12 +50,12 @@ Receive the response
 Feed what the target sends to h11 and act on its events. Informational (1xx)
 responses are skipped. The final response's status, reason and headers go to
 ``sink.send_head`` without hop-by-hop and framing headers (the relay frames
-the body itself). Body bytes go to ``sink.send_data`` in chunks of at most
-64 KiB, counted against the response limit; the end of the message ends the
-call. A body framed by ``Content-Length`` alone is read past h11 once the
-head is parsed, in reads of up to 256 KiB (h11 would copy every chunk into
-its buffer and out again); h11's view of the head still decides
-whether the connection may be kept. A head or a body (declared or
+the body itself). Body bytes go to ``sink.send_data`` as they were read, at
+most 256 KiB at a time, counted against the response limit; the end of the
+message ends the call. A body framed by ``Content-Length`` alone is read
+past h11 once the head is parsed, in reads of up to 256 KiB (h11 would copy
+every chunk into its buffer and out again); h11's view of the head still
+decides whether the connection may be kept. A head or a body (declared or
 counted) over its limit is :class:`~trustelem_relay.ResponseTooLarge`;
 anything h11 cannot parse, or a close before the end, is
 :class:`~trustelem_relay.BadGateway`.
