@@ -262,3 +262,17 @@ async def test_frames_sealed_before_a_wait_for_credit_leave_before_it(
     data = [event for event in events if isinstance(event, DataReceived)]
     assert sum(len(event.data) for event in data) == window
     assert wired.agent.send_window(stream_id) == 0
+
+
+async def test_a_small_answers_head_waits_for_its_one_data_frame(wired: Wired) -> None:
+    stream_id, exchange = await answering(wired)
+    await exchange.send_data(b"{}")
+    # Nothing sealed yet: the head waits for the one DATA frame.
+    assert exchange.link.frames_queued == 0
+
+    await exchange.finish()
+    assert exchange.link.frames_queued == 2
+    assert exchange.link.was_sent(2)
+    events = await hub_events(wired, 3)
+    assert isinstance(events[0], ResponseReceived)
+    assert events[1:] == [DataReceived(stream_id, b"{}"), StreamEnded(stream_id)]

@@ -153,7 +153,9 @@ class _Exchange:
         # One read of the target's answer, cut into chunks of a frame: all
         # but the last are sealed now, with the chunk held before, and
         # leave in one write from this task (a hop through the link's
-        # writer cost a wake-up and two lock checkpoints per read).
+        # writer cost a wake-up and two lock checkpoints per read). When
+        # nothing is sealed, nothing is flushed: a small answer's head
+        # waits to leave with its one DATA frame, in one write.
         if len(data) <= CHUNK_SIZE:
             chunks = [data]
         else:
@@ -162,12 +164,14 @@ class _Exchange:
                 bytes(view[start : start + CHUNK_SIZE])
                 for start in range(0, len(data), CHUNK_SIZE)
             ]
+        sealing = bool(self.held) or len(chunks) > 1
         if self.held:
             await self._send(self.held, end=False)
         for chunk in chunks[:-1]:
             await self._send(chunk, end=False)
         self.held = chunks[-1]
-        self.link.flush(whole=True)
+        if sealing:
+            self.link.flush(whole=True)
 
     async def finish(self) -> None:
         """End the answer: what is held goes out with END_STREAM."""
