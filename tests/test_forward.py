@@ -31,6 +31,7 @@ from trustelem_relay import (
     TargetUnreachable,
     TimeoutAfterSending,
     TimeoutBeforeSending,
+    _forward_send,
 )
 from trustelem_relay._events import RequestHead, ResponseHead
 from trustelem_relay._forward import (
@@ -38,6 +39,7 @@ from trustelem_relay._forward import (
     CHUNK_SIZE,
     ConnectionPool,
     ForwardLimits,
+    _Exchange,
     forward,
 )
 from trustelem_relay._policy import Target
@@ -748,6 +750,81 @@ async def test_read_that_returns_past_its_limit_still_times_out(
 
     assert trio.current_time() == start + 5.0
     assert sink.head is None
+
+
+async def test_request_the_target_does_not_read_times_out_at_the_send_limit(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Far more than the kernel's buffers take: the write that is tried at
+    # once leaves the rest to send_all, which the send limit bounds.
+    never_read = trio.Event()
+
+    async def hold(stream: trio.abc.Stream) -> None:
+        await never_read.wait()
+
+    body = b"x" * (16 << 20)
+    async with serve_origin(raw_handler=hold) as origin:
+        start = trio.current_time()
+        with pytest.raises(TimeoutAfterSending, match="sending the request took"):
+            await forward(
+                target_at(origin.port, timeout=30.0),
+                request("POST"),
+                body,
+                RecordingSink(),
+                limits=ForwardLimits(send_timeout=5.0, max_request_body=len(body)),
+            )
+        assert trio.current_time() == start + 5.0
+        never_read.set()
+
+
+async def test_small_request_is_written_without_a_send_phase(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The kernel takes a small request whole: nothing waits, so neither
+    # send_all (which yields after writing) nor the send limit is used.
+    phases: list[str] = []
+    start_phase = _Exchange.start_phase
+
+    def record(self: _Exchange, what: str, seconds: float, **kw: float) -> None:
+        phases.append(what)
+        start_phase(self, what, seconds, **kw)
+
+    async def no_send_all(*args: object) -> None:
+        raise AssertionError("send_all was used")
+
+    monkeypatch.setattr(_Exchange, "start_phase", record)
+    monkeypatch.setattr(_forward_send, "_write", no_send_all)
+    async with serve_origin() as origin:
+        await forward(
+            target_at(origin.port), request("POST"), b"x" * 1000, RecordingSink()
+        )
+
+    assert only(origin).body == b"x" * 1000
+    assert "sending the request" not in phases
+    assert phases == ["connecting", "waiting for the answer"]
+
+
+async def test_cancelled_forward_writes_nothing_on_a_plain_connection() -> None:
+    recorder_data: list[bytes | bytearray] = []
+
+    async def record(stream: trio.abc.Stream) -> None:
+        recorder_data.append(await stream.receive_some(65536))
+
+    async with serve_origin(raw_handler=record) as origin:
+        pool = ConnectionPool()
+        target = target_at(origin.port)
+        # A connection the pool hands out at once: nothing yields before
+        # the write, which must still see the cancellation.
+        stream = await trio.open_tcp_stream("127.0.0.1", origin.port)
+        await pool.put((target, "http", None, None), stream)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await forward(target, request(), b"", RecordingSink(), pool=pool)
+        assert scope.cancelled_caught
+        await pool.aclose()
+        with trio.fail_after(2):
+            await trio.testing.wait_all_tasks_blocked()
+    assert recorder_data in ([], [b""])
 
 
 async def test_cancelling_forward_closes_the_target_connection() -> None:

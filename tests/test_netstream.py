@@ -17,7 +17,7 @@ import trio
 import trio.testing
 from support.tls import TlsMaterial
 
-from trustelem_relay._netstream import NetStream
+from trustelem_relay._netstream import NetStream, receive_from
 
 
 @pytest.fixture
@@ -136,6 +136,70 @@ async def test_a_failed_nowait_write_is_raised_by_the_next_send_all(
     assert not stream.send_nowait(b"more")
     with pytest.raises(trio.BrokenResourceError) as caught:
         await stream.send_all(b"")
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+# --------------------------------------------------------------------------
+# receive_from: trio's SocketStream.receive_some, its layers left out
+
+
+async def test_receive_from_reads_what_arrived_up_to_the_bound(
+    tcp_pair: tuple[trio.SocketStream, trio.SocketStream],
+) -> None:
+    client, server = tcp_pair
+    await server.send_all(b"hello world")
+    await trio.testing.wait_all_tasks_blocked()
+    # A cancelled caller reads nothing.
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await receive_from(client, 100)
+    assert scope.cancelled_caught
+    # Bytes already there are read at once and the call still yields.
+    with trio.testing.assert_checkpoints():
+        assert await receive_from(client, 5) == b"hello"
+    assert await receive_from(client, 100) == b" world"
+    with pytest.raises(ValueError, match="max_bytes"):
+        await receive_from(client, 0)
+
+
+async def test_receive_from_waits_for_bytes_then_the_end(
+    tcp_pair: tuple[trio.SocketStream, trio.SocketStream],
+) -> None:
+    client, server = tcp_pair
+    got: list[bytes] = []
+
+    async def read() -> None:
+        got.append(await receive_from(client, 100))
+        got.append(await receive_from(client, 100))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []
+        await server.send_all(b"late")
+        await server.aclose()
+    assert got == [b"late", b""]
+
+
+async def test_receive_from_errors_are_trio_s(
+    tcp_pair: tuple[trio.SocketStream, trio.SocketStream],
+) -> None:
+    client, server = tcp_pair
+    # The server's close will be abortive: a reset.
+    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+
+    async def read_until_closed() -> None:
+        with pytest.raises(trio.ClosedResourceError):
+            await receive_from(server, 100)
+
+    async with trio.open_nursery() as nursery:
+        # Closed by another task while waiting: ClosedResourceError.
+        nursery.start_soon(read_until_closed)
+        await trio.testing.wait_all_tasks_blocked()
+        await server.aclose()
+    # Reset by the peer: BrokenResourceError, caused by the OSError.
+    with pytest.raises(trio.BrokenResourceError) as caught:
+        await receive_from(client, 100)
     assert isinstance(caught.value.__cause__, OSError)
 
 

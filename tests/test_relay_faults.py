@@ -144,6 +144,34 @@ async def test_silent_target_times_out_after_sending_at_the_hub_deadline(
         assert len(origin.exchanges) == 1
 
 
+async def test_each_request_times_out_at_its_own_hub_deadline(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The hub's one deadline watcher, asleep towards the first request's
+    # deadline, wakes for the earlier ones that come after it. The link
+    # is frozen, so the hub's own deadlines end them, not the agent's.
+    async with open_world(tmp_path) as world:
+        relay = await world.relay()
+        agent = world.agent("a", {TARGET: target_at(1)}, hub_port=relay.port)
+        await world.start_agent(agent)
+        await world.hub.wait_agent(world.service_id)
+        relay.freeze()
+
+        start = trio.current_time()
+        ended: dict[int, float] = {}
+
+        async def one(timeout: int) -> None:
+            with pytest.raises(TimeoutAfterSending, match="no complete answer"):
+                await world.request("POST", body=b"{}", timeout=timeout)
+            ended[timeout] = trio.current_time() - start
+
+        async with trio.open_nursery() as nursery:
+            for timeout in (9, 3, 6):
+                nursery.start_soon(one, timeout)
+                await trio.testing.wait_all_tasks_blocked()
+        assert ended == {3: 3, 6: 6, 9: 9}
+
+
 async def test_target_timeout_on_the_agent_gives_its_typed_error(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -36,6 +36,7 @@ import trio
 from ._errors import BadGateway, RequestError, ResponseTooLarge
 from ._events import ResponseHead
 from ._forward_http import content_length, relayed_response_headers
+from ._netstream import receive_from
 
 if TYPE_CHECKING:
     from ._forward import _Exchange
@@ -116,6 +117,9 @@ async def _read(
     else:
         exchange.start_phase("waiting for more answer", limits.body_idle_timeout)
     try:
+        if type(stream) is trio.SocketStream:
+            # The same read without trio's layers around it (_netstream).
+            return await receive_from(stream, size)
         return bytes(await stream.receive_some(size))
     except (trio.BrokenResourceError, OSError) as exc:
         raise exchange.fail(

@@ -14,6 +14,10 @@ host) and, for ``https``, wraps the socket in TLS, checking the certificate
 for :func:`server_hostname` and then the SPKI pin (:mod:`._forward_tls`).
 :func:`send` writes the request, whole or as a streamed body's bytes arrive;
 the exchange counts it as written from the first byte handed to the socket.
+On a plain connection the request (the head, with a streamed body's first
+bytes) is handed to the socket at once, without trio's ``send_all``, which
+yields after every write; only what the kernel does not take waits, under
+the send limit.
 
 Each step opens its phase on the exchange's clock (connect, TLS, send) and
 waits for the hub's body bytes outside of any phase. Failures become this
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -265,9 +270,11 @@ async def send(exchange: _Exchange, stream: trio.abc.Stream, wire: list[bytes]) 
     # from a complete one, and a false "may have reached" is the safe side.
     exchange.wrote_request = True
     started = trio.current_time()
-    exchange.start_phase("sending the request", exchange.limits.send_timeout)
-    for piece in wire:
-        await _write(exchange, stream, piece)
+    rest = await _write_at_once(exchange, stream, wire)
+    if rest:
+        exchange.start_phase("sending the request", exchange.limits.send_timeout)
+        for piece in rest:
+            await _write(exchange, stream, piece)
     if body is not None:
         await _send_rest(exchange, stream, body, trio.current_time() - started)
 
@@ -303,16 +310,50 @@ async def _next_piece(exchange: _Exchange, body: RequestBody) -> bytes:
         raise
 
 
-async def _write(exchange: _Exchange, stream: trio.abc.Stream, data: bytes) -> None:
+async def _write_at_once(
+    exchange: _Exchange, stream: trio.abc.Stream, wire: list[bytes]
+) -> list[bytes | memoryview]:
+    """Hand the request to a plain socket now; return what it did not take.
+
+    trio's ``send_all`` yields to the scheduler after every write, however
+    small, and goes through a wrapper per call; a request that the kernel
+    takes whole (a small one always does) needs neither, nor the send
+    phase's deadline: nothing waits. What is left, and every write on a
+    TLS stream, goes through ``send_all`` under the send limit. A
+    cancelled exchange writes nothing, as with ``send_all``.
+    """
+    if type(stream) is not trio.SocketStream:
+        return list(wire)
+    await trio.lowlevel.checkpoint_if_cancelled()
+    fd = stream.socket.fileno()
+    for index, piece in enumerate(wire):
+        try:
+            sent = os.write(fd, piece)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise _broken_while_sending(exchange) from exc
+        if sent < len(piece):
+            return [memoryview(piece)[sent:], *wire[index + 1 :]]
+    return []
+
+
+async def _write(
+    exchange: _Exchange, stream: trio.abc.Stream, data: bytes | memoryview
+) -> None:
     """Write request bytes, a broken connection made a BadGateway."""
     try:
         await stream.send_all(data)
     except (trio.BrokenResourceError, OSError) as exc:
-        raise exchange.fail(
-            BadGateway,
-            f"target {exchange.target.name!r} closed the connection while the "
-            "request was being sent",
-        ) from exc
+        raise _broken_while_sending(exchange) from exc
+
+
+def _broken_while_sending(exchange: _Exchange) -> RequestError:
+    return exchange.fail(
+        BadGateway,
+        f"target {exchange.target.name!r} closed the connection while the "
+        "request was being sent",
+    )
 
 
 # --------------------------------------------------------------------------

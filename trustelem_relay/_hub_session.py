@@ -19,6 +19,7 @@ The records returned to library users (:class:`Response`,
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -98,6 +99,9 @@ class Pending:
         self.max_body = max_body
         self.error: RequestError | None = None
         self.done = trio.Event()
+        # Set by the hub's deadline watcher, which then sets done.
+        self.deadline = math.inf
+        self.timed_out = False
 
 
 class Session:
