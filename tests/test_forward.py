@@ -18,7 +18,14 @@ import h11
 import pytest
 import trio
 import trio.testing
-from support.forwarding import HOSTNAME, RecordingSink, request, target_at
+from support.forwarding import (
+    HOSTNAME,
+    RecordingSink,
+    phases_without_send_all,
+    request,
+    target_at,
+    times_out_at_the_send_limit,
+)
 from support.origin import Exchange, Origin, respond, serve_origin, wait_for_close
 from support.tls import TlsMaterial
 
@@ -31,7 +38,6 @@ from trustelem_relay import (
     TargetUnreachable,
     TimeoutAfterSending,
     TimeoutBeforeSending,
-    _forward_send,
 )
 from trustelem_relay._events import RequestHead, ResponseHead
 from trustelem_relay._forward import (
@@ -39,7 +45,6 @@ from trustelem_relay._forward import (
     CHUNK_SIZE,
     ConnectionPool,
     ForwardLimits,
-    _Exchange,
     forward,
 )
 from trustelem_relay._policy import Target
@@ -755,26 +760,8 @@ async def test_read_that_returns_past_its_limit_still_times_out(
 async def test_request_the_target_does_not_read_times_out_at_the_send_limit(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    # Far more than the kernel's buffers take: the write that is tried at
-    # once leaves the rest to send_all, which the send limit bounds.
-    never_read = trio.Event()
-
-    async def hold(stream: trio.abc.Stream) -> None:
-        await never_read.wait()
-
     body = b"x" * (16 << 20)
-    async with serve_origin(raw_handler=hold) as origin:
-        start = trio.current_time()
-        with pytest.raises(TimeoutAfterSending, match="sending the request took"):
-            await forward(
-                target_at(origin.port, timeout=30.0),
-                request("POST"),
-                body,
-                RecordingSink(),
-                limits=ForwardLimits(send_timeout=5.0, max_request_body=len(body)),
-            )
-        assert trio.current_time() == start + 5.0
-        never_read.set()
+    await times_out_at_the_send_limit(body, len(body))
 
 
 async def test_small_request_is_written_without_a_send_phase(
@@ -782,18 +769,7 @@ async def test_small_request_is_written_without_a_send_phase(
 ) -> None:
     # The kernel takes a small request whole: nothing waits, so neither
     # send_all (which yields after writing) nor the send limit is used.
-    phases: list[str] = []
-    start_phase = _Exchange.start_phase
-
-    def record(self: _Exchange, what: str, seconds: float, **kw: float) -> None:
-        phases.append(what)
-        start_phase(self, what, seconds, **kw)
-
-    async def no_send_all(*args: object) -> None:
-        raise AssertionError("send_all was used")
-
-    monkeypatch.setattr(_Exchange, "start_phase", record)
-    monkeypatch.setattr(_forward_send, "_write", no_send_all)
+    phases = phases_without_send_all(monkeypatch)
     async with serve_origin() as origin:
         await forward(
             target_at(origin.port), request("POST"), b"x" * 1000, RecordingSink()

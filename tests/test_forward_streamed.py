@@ -11,7 +11,13 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from support.forwarding import RecordingSink, request, target_at
+from support.forwarding import (
+    RecordingSink,
+    phases_without_send_all,
+    request,
+    target_at,
+    times_out_at_the_send_limit,
+)
 from support.listener import CountingListener
 from support.origin import Exchange, respond, serve_origin
 
@@ -148,6 +154,30 @@ async def test_waits_for_the_body_count_against_the_deadline_not_the_send_limit(
 def only_body(exchanges: list[Exchange]) -> bytes:
     (exchange,) = exchanges
     return exchange.body
+
+
+async def test_pieces_the_kernel_takes_are_written_without_a_send_phase(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each piece goes straight to the plain socket: neither send_all
+    # (which yields after writing) nor the send limit's phase is used.
+    phases = phases_without_send_all(monkeypatch)
+    pieces = [b"a" * 100, b"b" * CHUNK_SIZE, b"c" * 100]
+    async with serve_origin() as origin:
+        await forward(
+            target_at(origin.port), request("POST"), body_of(*pieces), RecordingSink()
+        )
+
+    assert only_body(origin.exchanges) == b"".join(pieces)
+    assert "sending the request" not in phases
+
+
+async def test_streamed_body_the_target_does_not_read_times_out_at_the_send_limit(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    piece = b"x" * (4 << 20)
+    body = body_of(b"head", piece, piece, piece, piece)
+    await times_out_at_the_send_limit(body, body.length)
 
 
 async def test_body_that_stalls_midway_times_out_after_sending(

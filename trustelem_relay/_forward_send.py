@@ -15,9 +15,9 @@ for :func:`server_hostname` and then the SPKI pin (:mod:`._forward_tls`).
 :func:`send` writes the request, whole or as a streamed body's bytes arrive;
 the exchange counts it as written from the first byte handed to the socket.
 On a plain connection the request (the head, with a streamed body's first
-bytes) is handed to the socket at once, without trio's ``send_all``, which
-yields after every write; only what the kernel does not take waits, under
-the send limit.
+bytes), and then each later piece of a streamed body, is handed to the
+socket at once, without trio's ``send_all``, which yields after every
+write; only what the kernel does not take waits, under the send limit.
 
 Each step opens its phase on the exchange's clock (connect, TLS, send) and
 waits for the hub's body bytes outside of any phase. Failures become this
@@ -286,7 +286,9 @@ async def _send_rest(
 
     The send limit bounds the time spent writing (*spent* so far), as
     for a whole body; the waits for the hub's bytes count against the
-    request's deadline only, as the wait for a whole body did.
+    request's deadline only, as the wait for a whole body did. A piece
+    the kernel takes whole spends nothing: only what it leaves opens the
+    send phase.
     """
     limit = exchange.limits.send_timeout
     while True:
@@ -294,9 +296,13 @@ async def _send_rest(
         piece = await _next_piece(exchange, body)
         if not piece:
             return
+        rest = await _write_at_once(exchange, stream, [piece])
+        if not rest:
+            continue
         began = trio.current_time()
         exchange.start_phase("sending the request", limit - spent, limit=limit)
-        await _write(exchange, stream, piece)
+        for part in rest:
+            await _write(exchange, stream, part)
         spent += trio.current_time() - began
 
 
