@@ -319,11 +319,11 @@ async def _next_piece(exchange: _Exchange, body: RequestBody) -> bytes:
 async def _write_at_once(
     exchange: _Exchange, stream: trio.abc.Stream, wire: list[bytes]
 ) -> list[bytes | memoryview]:
-    """Hand the request to a plain socket now; return what it did not take.
+    """Hand request bytes to a plain socket now; return what it did not take.
 
     trio's ``send_all`` yields to the scheduler after every write, however
-    small, and goes through a wrapper per call; a request that the kernel
-    takes whole (a small one always does) needs neither, nor the send
+    small, and goes through a wrapper per call; bytes that the kernel
+    takes whole (a small request's always are) need neither, nor the send
     phase's deadline: nothing waits. What is left, and every write on a
     TLS stream, goes through ``send_all`` under the send limit. A
     cancelled exchange writes nothing, as with ``send_all``.
