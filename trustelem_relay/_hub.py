@@ -271,6 +271,8 @@ class Hub:
             bound = _listener_port(listeners[0])
             nursery.start_soon(self._watch_rotation)
             if self._expiry_wake is None:
+                # Set now, so that a second serve starts no second watcher.
+                self._expiry_wake = trio.Event()
                 nursery.start_soon(self._expire_requests)
             logger.info(
                 "hub listening for agents on %s:%d%s (%s)",
