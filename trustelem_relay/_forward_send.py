@@ -269,14 +269,9 @@ async def send(exchange: _Exchange, stream: trio.abc.Stream, wire: list[bytes]) 
     # Counted as written before the call: a partial write cannot be told
     # from a complete one, and a false "may have reached" is the safe side.
     exchange.wrote_request = True
-    started = trio.current_time()
-    rest = await _write_at_once(exchange, stream, wire)
-    if rest:
-        exchange.start_phase("sending the request", exchange.limits.send_timeout)
-        for piece in rest:
-            await _write(exchange, stream, piece)
+    spent = await _write_pieces(exchange, stream, wire, 0.0)
     if body is not None:
-        await _send_rest(exchange, stream, body, trio.current_time() - started)
+        await _send_rest(exchange, stream, body, spent)
 
 
 async def _send_rest(
@@ -286,24 +281,33 @@ async def _send_rest(
 
     The send limit bounds the time spent writing (*spent* so far), as
     for a whole body; the waits for the hub's bytes count against the
-    request's deadline only, as the wait for a whole body did. A piece
-    the kernel takes whole spends nothing: only what it leaves opens the
-    send phase.
+    request's deadline only, as the wait for a whole body did.
     """
-    limit = exchange.limits.send_timeout
     while True:
         exchange.end_phase()
         piece = await _next_piece(exchange, body)
         if not piece:
             return
-        rest = await _write_at_once(exchange, stream, [piece])
-        if not rest:
-            continue
-        began = trio.current_time()
-        exchange.start_phase("sending the request", limit - spent, limit=limit)
-        for part in rest:
-            await _write(exchange, stream, part)
-        spent += trio.current_time() - began
+        spent = await _write_pieces(exchange, stream, [piece], spent)
+
+
+async def _write_pieces(
+    exchange: _Exchange, stream: trio.abc.Stream, pieces: list[bytes], spent: float
+) -> float:
+    """Write *pieces*; return the send limit's time spent, *spent* before.
+
+    What the kernel takes at once spends nothing; only what it leaves
+    opens the send phase, with what is left of the limit.
+    """
+    rest = await _write_at_once(exchange, stream, pieces)
+    if not rest:
+        return spent
+    limit = exchange.limits.send_timeout
+    began = trio.current_time()
+    exchange.start_phase("sending the request", limit - spent, limit=limit)
+    for part in rest:
+        await _write(exchange, stream, part)
+    return spent + trio.current_time() - began
 
 
 async def _next_piece(exchange: _Exchange, body: RequestBody) -> bytes:

@@ -377,8 +377,9 @@ class Hub:
                 now = trio.current_time()
                 earliest = math.inf
                 for pending in self._waiting:
-                    if pending.timed_out or pending.done.is_set():
-                        # Answered in time, its task not yet resumed.
+                    if pending.done.is_set():
+                        # Answered in time (or already timed out), its
+                        # task not yet resumed.
                         continue
                     if pending.deadline <= now:
                         pending.timed_out = True
