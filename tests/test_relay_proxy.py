@@ -104,14 +104,14 @@ async def test_refused_proxy_credentials_are_named_and_never_reach_the_hub(
     config = agent_config(relay_kit, running, ca_file, proxy_url, 9)
 
     agent = relay_kit.spawn_agent(config)
-    line = await relay_log.wait_for("407")
+    line = await relay_log.wait_for("refused the credentials (407)")
 
     # One clear error, naming the proxy with its password masked.
     errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.levelno for r in errors] == [logging.ERROR]
     assert "refused the credentials (407)" in line
     assert f"{PROXY_USER}:***@127.0.0.1:{connect_proxy.port}" in line
-    assert "407" in (agent.status.last_error or "")
+    assert "refused the credentials (407)" in (agent.status.last_error or "")
 
     # The proxy turned it away, so nothing reached the hub.
     assert connect_proxy.records == [
