@@ -36,6 +36,7 @@ from procs import PYTHON, cpu_seconds, proc_status_kib, stop, write_private
 from profiled import run_profiled
 
 import trustelem_relay
+from trustelem_relay._allocator import keep_large_buffers
 
 CONNECT_TOML = """\
 service_id = "{service_id}"
@@ -186,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", metavar="DIR", help="profile both processes (CPU time)"
     )
     args = parser.parse_args(argv)
+    # The agent (``run``) and the origin set it too: every process of the
+    # benchmark allocates the same way, the direct client's included.
+    keep_large_buffers()
     with open(Path(args.workdir) / "agent.log", "wb") as agent_log:
         if args.profile:
             out = str(Path(args.profile) / f"hub-{args.scheme}.prof")

@@ -32,6 +32,8 @@ from functools import partial
 import h11
 import trio
 
+from trustelem_relay._allocator import keep_large_buffers
+
 #: Bytes read from a connection at once.
 RECEIVE_SIZE = 256 * 1024
 
@@ -144,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     args = parser.parse_args(argv)
+    # As the relay's own processes do: a target elsewhere would not share
+    # these two cores, so its allocator's page faults should not either.
+    keep_large_buffers()
     trio.run(serve, args.port)
     return 0
 

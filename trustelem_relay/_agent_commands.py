@@ -24,6 +24,7 @@ from typing import Any
 import trio
 
 from ._agent import Agent
+from ._allocator import keep_large_buffers
 from ._config import AgentConfig
 from ._errors import ConfigError
 
@@ -68,6 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``run``: the agent in the foreground until SIGINT/SIGTERM."""
     config = _load(args)
     agent = Agent(config)
+    keep_large_buffers()
     return trio.run(run_until_signalled, agent)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from ._allocator import keep_large_buffers
 from ._hub import Hub
 from ._hubconfig import HubConfig
 from ._hubstore import open_store
@@ -63,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store = open_store(config.store)
     try:
         hub = Hub(store, limits=config.limits, path=config.path)
+        keep_large_buffers()
         return trio.run(serve_until_signalled, hub, config)
     finally:
         store.close()
