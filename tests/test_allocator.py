@@ -20,7 +20,9 @@ from trustelem_relay._allocator import keep_large_buffers
 
 CHURN = """
 import ctypes, json, os, resource
-from trustelem_relay._allocator import keep_large_buffers
+from trustelem_relay._allocator import (
+    _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, keep_large_buffers
+)
 fd = os.open("/dev/zero", os.O_RDONLY)
 def churn(reads):
     for _ in range(reads):
@@ -38,7 +40,9 @@ def faults(reads):
 # glibc's first thresholds (128 KiB both), fixed: what a process has before
 # any large block is freed, whatever this one ran before.
 mallopt = ctypes.CDLL(None).mallopt
-first = mallopt(-1, 128 * 1024) == 1 and mallopt(-3, 128 * 1024) == 1
+first = all(
+    mallopt(name, 128 * 1024) == 1 for name in (_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD)
+)
 result = {"first": first, "faults_first": faults(400)}
 result["kept"] = keep_large_buffers()
 result["faults_kept"] = faults(400)

@@ -9,7 +9,7 @@ that threshold. For the agent forwarding a large answer, both happen on
 nearly every read: each 4 KiB page of every such buffer is then a page
 fault, and its zeroing, on the next use. Measured on a 2-core host while
 the agent relayed 1 MiB answers: about 290 page faults per MiB, and the
-agent's CPU fell from 4.0 to 3.1 ms per MiB once they were gone.
+agent's CPU fell from 4.0 to 3.1 or 3.3 ms per MiB once they were gone.
 
 :func:`keep_large_buffers` fixes both thresholds for the process: blocks
 under :data:`MMAP_THRESHOLD` come from the heap, and up to
