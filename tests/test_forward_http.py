@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import h11
 import pytest
-from hypothesis import given
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from support.forwarding import request
 
 from trustelem_relay._forward_http import (
     HOP_BY_HOP,
+    announcement,
     content_length,
     encode_request_head,
     host_of,
+    plain_response_head,
     relayed_response_headers,
     request_headers,
 )
@@ -156,3 +158,160 @@ def test_content_length_is_read_from_validated_headers() -> None:
 )
 def test_host_of_authority_drops_port_and_brackets(authority: str, host: str) -> None:
     assert host_of(authority) == host
+
+
+# --------------------------------------------------------------------------
+# Plain answers: read without h11, exactly as h11 reads them
+
+
+def _read_by_h11(
+    data: bytes, *, keep_alive: bool = True
+) -> tuple[h11.Connection, object]:
+    conn = h11.Connection(our_role=h11.CLIENT)
+    conn.send(announcement("GET", keep_alive=keep_alive))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(data)
+    return conn, conn.next_event()
+
+
+# Bytes that sit at the edges of the two grammars.
+_EDGY = b"aZ09-!~:; ,\t\x00\x01\x0b\x7f\x80\xff\r\n"
+edgy_bytes = st.binary(max_size=12).map(
+    lambda raw: bytes(_EDGY[byte % len(_EDGY)] for byte in raw)
+)
+reasons = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12
+).map(lambda reason: b" " + reason.encode())
+plain_status_lines = st.builds(
+    lambda code, reason: b"HTTP/1.1 %d%s" % (code, reason),
+    st.integers(200, 599),
+    st.one_of(st.just(b""), st.just(b" "), reasons),
+)
+odd_status_lines = st.one_of(
+    st.builds(
+        lambda version, code, reason: b"HTTP/%s %03d%s" % (version, code, reason),
+        st.sampled_from([b"1.1", b"1.0", b"2.0"]),
+        st.integers(100, 999),
+        st.one_of(st.just(b""), edgy_bytes.map(lambda reason: b" " + reason)),
+    ),
+    edgy_bytes,
+)
+#: Mostly plain status lines (hypothesis draws the low picks most).
+status_lines = st.integers(0, 9).flatmap(
+    lambda pick: plain_status_lines if pick < 8 else odd_status_lines
+)
+plain_fields = st.builds(
+    lambda name, sep, value: name + sep + value,
+    names.filter(lambda name: name not in (b"content-length", b"transfer-encoding")),
+    st.sampled_from([b": ", b":", b":\t", b": \t "]),
+    values,
+)
+odd_fields = st.one_of(
+    st.builds(
+        lambda name, sep, value: name + sep + value,
+        st.sampled_from([b"Content-Length", b"Connection", b"Transfer-Encoding"]),
+        st.sampled_from([b": ", b" : "]),
+        st.one_of(
+            st.sampled_from(
+                [b"close", b"Keep-Alive, CLOSE", b"chunked", b"12, 12", b" 7 "]
+            ),
+            st.integers(0, 10**21).map(b"%d".__mod__),
+        ),
+    ),
+    edgy_bytes,
+    edgy_bytes.map(lambda line: b" " + line),
+)
+#: Mostly plain fields, and now and then one at the edges.
+field_lines = st.lists(plain_fields, max_size=6).flatmap(
+    lambda fields: st.integers(0, 3).flatmap(
+        lambda pick: (
+            st.just(fields)
+            if pick < 3
+            else st.tuples(st.integers(0, len(fields)), odd_fields).map(
+                lambda odd: [*fields[: odd[0]], odd[1], *fields[odd[0] :]]
+            )
+        )
+    )
+)
+
+
+@settings(max_examples=400)
+@given(
+    status_lines,
+    field_lines,
+    st.integers(0, 40),
+    st.integers(0, 9).map(lambda pick: b"\n" if pick == 9 else b"\r\n"),
+    st.binary(max_size=40),
+)
+def test_a_plain_head_is_read_as_h11_reads_it(
+    status_line: bytes,
+    fields: list[bytes],
+    length: int,
+    newline: bytes,
+    rest: bytes,
+) -> None:
+    fields = [*fields, b"content-length: %d" % length]
+    data = newline.join([status_line, *fields]) + newline + newline + rest
+    plain = plain_response_head(data)
+    event(f"plain: {plain is not None}")
+    if plain is None:
+        return  # h11's to read or refuse, as before
+    conn, response = _read_by_h11(data)
+    assert type(response) is h11.Response
+    assert response.status_code == plain.status
+    assert response.reason == plain.reason
+    assert list(response.headers) == plain.headers
+    assert content_length(plain.headers) == plain.length
+    assert conn.trailing_data == (data[plain.body_start :], False)
+    # h11 turns its own side to MUST_CLOSE when the answer asks to close.
+    assert (conn.our_state is h11.DONE) == plain.keep_alive
+
+
+def test_common_answers_are_plain() -> None:
+    origin = (
+        b"HTTP/1.1 200 \r\ncontent-type: application/json\r\n"
+        b"content-length: 2\r\n\r\n{}"
+    )
+    plain = plain_response_head(origin)
+    assert plain == (
+        200,
+        b"",
+        [(b"content-type", b"application/json"), (b"content-length", b"2")],
+        2,
+        True,
+        len(origin) - 2,
+    )
+    created = (
+        b"HTTP/1.1 201 Created\r\nLocation: /Users/1\r\nConnection: Close\r\n"
+        b"Content-Length:  0 \r\n\r\n"
+    )
+    plain = plain_response_head(created)
+    assert plain is not None
+    assert (plain.status, plain.reason, plain.length) == (201, b"Created", 0)
+    assert plain.headers[0] == (b"location", b"/Users/1")
+    assert plain.keep_alive is False
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n",  # head not whole yet
+        b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\ncontent-length: 2\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\ncontent-length: 2\r\n\r\n",
+        b"HTTP/1.1 600 Odd\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\n\r\nread until the close",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1234567890123456789\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx-a: b\r\n c\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\ncontent-length: 2\n\nok",
+        b"HTTP/1.1 200 OK\r\nx-a: b\x01c\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nx a: b\r\ncontent-length: 2\r\n\r\nok",
+    ],
+)
+def test_other_answers_are_left_to_h11(data: bytes) -> None:
+    assert plain_response_head(data) is None

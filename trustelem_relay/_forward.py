@@ -32,10 +32,10 @@ Send the request
    client sends whatever framing it is given: hop-by-hop headers out, then
    ``Host`` from the URL's authority, exactly one ``Content-Length`` and
    ``Connection: close`` unless a pool keeps the connection. The head is
-   laid out as h11 would write it, once; h11 is told only what its state
-   machine acts on (the method and ``Connection: close``, see
-   :func:`._forward_send._announcement`), so that it reads the answer right
-   and knows whether the connection may be kept.
+   laid out as h11 would write it, once; h11, when it reads the answer, is
+   told only what its state machine acts on (the method and ``Connection:
+   close``, see :func:`._forward_http.announcement`), so that it reads the
+   answer right and knows whether the connection may be kept.
 3. Dial the target's declared ``host:port`` and nothing else. The URL's host
    only goes into ``Host``, into SNI and into the certificate check.
 4. For ``https``, run the TLS handshake, verifying the certificate for the
@@ -47,15 +47,21 @@ Send the request
 
 Receive the response
 ~~~~~~~~~~~~~~~~~~~~
-Feed what the target sends to h11 and act on its events. Informational (1xx)
+A plain answer (HTTP/1.1, a final status, one ``Content-Length``, the whole
+head in the first read, nothing h11 would read differently; see
+:func:`._forward_http.plain_response_head`) is read without h11: its head
+is checked against the same limits and relayed, and its body read as below.
+Anything else goes to h11: feed it what the target sends and act on its
+events. Informational (1xx)
 responses are skipped. The final response's status, reason and headers go to
 ``sink.send_head`` without hop-by-hop and framing headers (the relay frames
 the body itself). Body bytes go to ``sink.send_data`` as they were read, at
 most 256 KiB at a time, counted against the response limit; the end of the
 message ends the call. A body framed by ``Content-Length`` alone is read
 past h11 once the head is parsed, in reads of up to 256 KiB (h11 would copy
-every chunk into its buffer and out again); h11's view of the head still
-decides whether the connection may be kept. A head or a body (declared or
+every chunk into its buffer and out again); the head (h11's view of it, or
+the plain head's ``Connection``) still decides whether the connection may
+be kept. A head or a body (declared or
 counted) over its limit is :class:`~trustelem_relay.ResponseTooLarge`;
 anything h11 cannot parse, or a close before the end, is
 :class:`~trustelem_relay.BadGateway`.
@@ -275,11 +281,15 @@ class _Exchange:
         self.wrote_request = False
         # A body still arriving, written after the head as it comes.
         self.streamed: RequestBody | None = None
+        # Whether the request lets the connection be kept (no close asked).
+        self.keep_alive = False
         # Once a body was read past h11: whether nothing followed it.
         self.read_past_h11: bool | None = None
-        self.h11 = h11.Connection(
-            our_role=h11.CLIENT, max_incomplete_event_size=limits.max_response_head
-        )
+        # h11's machine, made only for an answer that is not plain
+        # (_forward_receive); a plain one's head says if it lets us keep
+        # the connection.
+        self.h11: h11.Connection | None = None
+        self.plain_keep_alive = False
         # The request's deadline; set, with the scope, when the clock starts.
         self.deadline = math.inf
         # The latest phase, its limit and when it runs out; no name before

@@ -2,14 +2,17 @@
 
 Theory of operation
 -------------------
-:func:`receive` takes over once the request is written. It feeds h11 the
-bytes the target sends and acts on the events that come out, until the
-final response is complete: 1xx answers are passed over; the final head is
-measured against its limit, cleaned of hop-by-hop and framing headers
-(:mod:`._forward_http`) and handed to the sink; body bytes follow as they
-were read, at most :data:`BODY_READ_SIZE` at a time. When the head frames
-the body by ``Content-Length`` alone, h11 stops after the head and the
-body is read straight from the stream, :data:`BODY_READ_SIZE` at a time.
+:func:`receive` takes over once the request is written. A plain answer
+(:func:`._forward_http.plain_response_head`: the common case, read the way
+h11 reads it) needs no h11 at all. For any other, it makes an h11 machine,
+feeds it the bytes the target sends and acts on the events that come out,
+until the final response is complete: 1xx answers are passed over. The
+final head, either way, is measured against its limit, cleaned of
+hop-by-hop and framing headers (:mod:`._forward_http`) and handed to the
+sink; body bytes follow as they were read, at most :data:`BODY_READ_SIZE`
+at a time. When the head frames the body by ``Content-Length`` alone
+(a plain answer's always does), h11 stops after the head and the body is
+read straight from the stream, :data:`BODY_READ_SIZE` at a time.
 
 Every read opens the phase it belongs to on the exchange's clock (the
 first byte, then the gap between two reads); every call into the sink
@@ -35,7 +38,12 @@ import trio
 
 from ._errors import BadGateway, RequestError, ResponseTooLarge
 from ._events import ResponseHead
-from ._forward_http import content_length, relayed_response_headers
+from ._forward_http import (
+    announcement,
+    content_length,
+    plain_response_head,
+    relayed_response_headers,
+)
 from ._netstream import receive_from
 
 if TYPE_CHECKING:
@@ -64,31 +72,48 @@ BODY_READ_SIZE = 4 * CHUNK_SIZE
 _NO_BODY_METHODS = frozenset({"HEAD", "CONNECT"})
 _NO_BODY_STATUSES = frozenset({204, 304})
 
+_END_OF_MESSAGE = h11.EndOfMessage()
+
 
 async def receive(exchange: _Exchange, stream: trio.abc.Stream) -> None:
     """Relay the response to the sink until the end of its body."""
-    # Nothing was read yet, so h11 could only say that it needs data.
-    exchange.h11.receive_data(await _read(exchange, stream, first=True))
+    data = await _read(exchange, stream, first=True)
+    if exchange.head.method not in _NO_BODY_METHODS:
+        plain = plain_response_head(data)
+        if plain is not None:
+            exchange.plain_keep_alive = plain.keep_alive
+            await _relay_head(exchange, plain.status, plain.reason, plain.headers)
+            buffered = data[plain.body_start :]
+            await _receive_body(exchange, stream, plain.length, buffered)
+            return
+
+    conn = _start_h11(exchange)
+    conn.receive_data(data)
     relayed = 0  # body bytes handed to the sink
     while True:
         try:
-            event = exchange.h11.next_event()
+            event = conn.next_event()
         except h11.RemoteProtocolError as exc:
             raise _bad_response(exchange, exc) from exc
 
         # By exact type: h11's events derive from an ABC, whose
         # isinstance checks are slow, and h11 never subclasses them.
         if event is h11.NEED_DATA:
-            exchange.h11.receive_data(await _read(exchange, stream, first=False))
+            conn.receive_data(await _read(exchange, stream, first=False))
         elif type(event) is h11.Data:
             relayed += len(event.data)
             if relayed > exchange.limits.max_response_body:
                 raise _body_too_large(exchange)
             await _relay_data(exchange, event.data)
         elif type(event) is h11.Response:
-            length = await _relay_head(exchange, event)
-            if length is not None:
-                await _receive_body(exchange, stream, length)
+            # One pass over h11's header view, which is slow to iterate.
+            received = list(event.headers)
+            length = await _relay_head(
+                exchange, event.status_code, bytes(event.reason), received
+            )
+            if length is not None and _framed_by_length(exchange, event, received):
+                buffered, _ = conn.trailing_data
+                await _receive_body(exchange, stream, length, buffered)
                 return
         elif type(event) is h11.InformationalResponse:
             continue
@@ -129,25 +154,26 @@ async def _read(
         ) from exc
 
 
-async def _relay_head(exchange: _Exchange, response: h11.Response) -> int | None:
+async def _relay_head(
+    exchange: _Exchange,
+    status: int,
+    reason: bytes,
+    received: list[tuple[bytes, bytes]],
+) -> int | None:
     """Check the head's sizes, then pass the cleaned head to the sink.
 
-    Returns the body's length when :func:`_receive_body` may read it
-    past h11: framed by ``Content-Length`` alone, and a body at all.
+    *received* is every header, names in lower case. Returns the length
+    the head declares, if any.
     """
-    # One pass over h11's header view, which is slow to iterate.
-    received = list(response.headers)
     # h11 bounds a head that arrives over several reads; one that arrives
     # whole in a single read is measured here (lines plus CRLFs).
-    size = len(response.reason) + 15
+    size = len(reason) + 15
     size += sum(len(name) + len(value) + 4 for name, value in received)
     if size > exchange.limits.max_response_head:
         raise _head_too_large(exchange)
-    if response.status_code > 599:
+    if status > 599:
         # h11 accepts any three digits; HTTP and the relay stop at 599.
-        raise exchange.fail(
-            BadGateway, f"target answered status {response.status_code}"
-        )
+        raise exchange.fail(BadGateway, f"target answered status {status}")
     declared = content_length(received)
     if declared is not None and declared > exchange.limits.max_response_body:
         raise _body_too_large(exchange)
@@ -157,42 +183,43 @@ async def _relay_head(exchange: _Exchange, response: h11.Response) -> int | None
         "[%s] target %r answered %d",
         exchange.request_id,
         exchange.target.name,
-        response.status_code,
+        status,
     )
     # The sink's waits for flow control count against the deadline only.
     exchange.end_phase()
     await exchange.sink.send_head(
-        ResponseHead(
-            status=response.status_code,
-            headers=headers,
-            reason=bytes(response.reason),
-        )
+        ResponseHead(status=status, headers=headers, reason=reason)
     )
-    # h11 frames by Transfer-Encoding first; HEAD, CONNECT, 204 and 304
-    # answers have no body whatever they declare.
-    if (
-        declared is None
-        or exchange.head.method in _NO_BODY_METHODS
-        or response.status_code in _NO_BODY_STATUSES
-        or any(name == b"transfer-encoding" for name, _ in received)
-    ):
-        return None
     return declared
 
 
+def _framed_by_length(
+    exchange: _Exchange, response: h11.Response, received: list[tuple[bytes, bytes]]
+) -> bool:
+    """Whether h11 frames the answer's body by its ``Content-Length``.
+
+    h11 frames by Transfer-Encoding first; HEAD, CONNECT, 204 and 304
+    answers have no body whatever they declare.
+    """
+    return not (
+        exchange.head.method in _NO_BODY_METHODS
+        or response.status_code in _NO_BODY_STATUSES
+        or any(name == b"transfer-encoding" for name, _ in received)
+    )
+
+
 async def _receive_body(
-    exchange: _Exchange, stream: trio.abc.Stream, length: int
+    exchange: _Exchange, stream: trio.abc.Stream, length: int, buffered: bytes
 ) -> None:
     """Relay a body of *length* bytes framed by ``Content-Length``.
 
     Read past h11, which would copy each chunk into its buffer and out
-    again (about 0.4 ms per MiB): what h11 read beyond the head goes
-    first, then reads of up to BODY_READ_SIZE and never past the bytes
-    still due, cut into chunks by :func:`_relay_data`. h11 is left
-    behind; :func:`can_reuse` then decides from what it saw of the head
-    and from what followed the body.
+    again (about 0.4 ms per MiB): *buffered*, what was read beyond the
+    head, goes first, then reads of up to BODY_READ_SIZE and never past
+    the bytes still due, cut into chunks by :func:`_relay_data`. h11, if
+    it read the head, is left behind; :func:`can_reuse` then decides from
+    the head and from what followed the body.
     """
-    buffered, _ = exchange.h11.trailing_data
     if buffered:
         await _relay_data(exchange, buffered[:length])
     remaining = length - min(length, len(buffered))
@@ -262,6 +289,12 @@ def can_reuse(exchange: _Exchange) -> bool:
     those bytes as the start of the next answer.
     """
     conn = exchange.h11
+    if conn is None:
+        # A plain answer, read without h11: neither side may have asked
+        # to close, and nothing may have followed its body.
+        return bool(
+            exchange.read_past_h11 and exchange.keep_alive and exchange.plain_keep_alive
+        )
     if exchange.read_past_h11 is not None:
         # h11 stopped at the head; it said then whether either side
         # asked to close (our state is MUST_CLOSE if one did).
@@ -271,3 +304,15 @@ def can_reuse(exchange: _Exchange) -> bool:
         and conn.their_state is h11.DONE
         and conn.trailing_data == (b"", False)
     )
+
+
+def _start_h11(exchange: _Exchange) -> h11.Connection:
+    """An h11 machine for an answer that is not plain, told of the request."""
+    conn = h11.Connection(
+        our_role=h11.CLIENT,
+        max_incomplete_event_size=exchange.limits.max_response_head,
+    )
+    conn.send(announcement(exchange.head.method, keep_alive=exchange.keep_alive))
+    conn.send(_END_OF_MESSAGE)
+    exchange.h11 = conn
+    return conn

@@ -7,7 +7,8 @@ This module owns everything the forwarder does before the target answers.
 refuse what can be refused without the network: a body or head over its
 limit, a head :mod:`._forward_http` will not write, a CA file that does not
 load. The encoded head is the relay's own; h11 only hears of the request
-through :func:`_announcement`, enough for it to read the answer.
+through :func:`._forward_http.announcement`, enough for it to read the
+answer, and only when the answer is not plain.
 
 :func:`open_stream` dials the target's declared address (never the URL's
 host) and, for ``https``, wraps the socket in TLS, checking the certificate
@@ -33,7 +34,6 @@ here act on it and keep none of their own.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import ssl
@@ -51,7 +51,12 @@ from ._errors import (
     TargetUnreachable,
     TLSFailure,
 )
-from ._forward_http import encode_request_head, host_of, request_headers
+from ._forward_http import (
+    announcement,
+    encode_request_head,
+    host_of,
+    request_headers,
+)
 from ._forward_receive import CHUNK_SIZE
 from ._forward_tls import client_context, pin_matches
 from ._policy import Target
@@ -72,8 +77,6 @@ log = logging.getLogger("trustelem_relay.forward")
 
 #: How long closing the target's connection may take once we are cancelled.
 _CLOSE_GRACE = 1.0
-
-_END_OF_MESSAGE = h11.EndOfMessage()
 
 
 # --------------------------------------------------------------------------
@@ -110,13 +113,15 @@ def encode_request(
             f"{limits.max_request_head} bytes; nothing was sent",
         )
     try:
-        exchange.h11.send(_announcement(head.method, keep_alive=keep_alive))
-        exchange.h11.send(_END_OF_MESSAGE)
+        # Built (once per method) before anything is sent; h11 hears of
+        # it only if the answer is not plain (_forward_receive).
+        announcement(head.method, keep_alive=keep_alive)
     except h11.LocalProtocolError as exc:
         # request_headers checked the method as h11 does: a backstop.
         raise exchange.fail(
             StreamProtocolError, "the request is not valid HTTP/1.1"
         ) from exc
+    exchange.keep_alive = keep_alive
     if len(body) <= CHUNK_SIZE:
         return [encoded + body]
     return [encoded, body]
@@ -368,26 +373,6 @@ def _broken_while_sending(exchange: _Exchange) -> RequestError:
 
 # --------------------------------------------------------------------------
 # Helpers
-
-
-@functools.lru_cache(maxsize=64)
-def _announcement(method: str, *, keep_alive: bool) -> h11.Request:
-    """What h11 is told of a request whose bytes the relay wrote itself.
-
-    h11's state machine acts on the method (HEAD and CONNECT change how the
-    answer is read) and on ``Connection: close``; ``request_headers`` has
-    dropped every other header h11 acts on (``Expect``, ``Upgrade``,
-    ``Transfer-Encoding``). The body needs no help from h11: the relay
-    writes it after the head, framed by the ``Content-Length`` it wrote. So
-    a request with the same method and connection handling, no body and a
-    placeholder target and host, leaves h11 in the state the real one
-    would. It saves validating and encoding the head a second time, and is
-    built once per method.
-    """
-    headers = [(b"host", b"target")]
-    if not keep_alive:
-        headers.append((b"connection", b"close"))
-    return h11.Request(method=method, target="/", headers=headers)
 
 
 async def close_stream(stream: trio.abc.Stream) -> None:
