@@ -8,6 +8,7 @@ docs/testing.md).
 from hypothesis import HealthCheck, settings
 from support.leaks import no_resource_warnings
 from support.listener import counting_listener
+from support.ports import closed_port
 from support.proxy import connect_proxy
 from support.relay import relay_kit, relay_log
 from support.scim import scim_server, scim_server_with_token, scim_tls_server
@@ -15,6 +16,7 @@ from support.tls import ca_file, other_tls, tls
 
 __all__ = [
     "ca_file",
+    "closed_port",
     "connect_proxy",
     "counting_listener",
     "no_resource_warnings",

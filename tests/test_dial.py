@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 import trio.testing
-from support.ports import LOOPBACK, free_port
+from support.ports import LOOPBACK
 from support.proxy import PROXY_USER, ConnectProxy, ConnectRecord
 from support.tls import TEST_HOSTNAMES, TlsMaterial
 from support.websocket import EchoWebsocketServer, UpgradeRecord
@@ -169,8 +169,8 @@ async def test_a_pin_needs_a_wss_hub(hub: EchoWebsocketServer) -> None:
     assert caught.value.permanent
 
 
-async def test_refused_connection_is_not_permanent() -> None:
-    port = free_port()
+async def test_refused_connection_is_not_permanent(closed_port: int) -> None:
+    port = closed_port
     with pytest.raises(HubConnectError) as caught:
         await open_hub_stream(f"ws://{LOOPBACK}:{port}/v1/connect")
     assert not caught.value.permanent
@@ -312,8 +312,10 @@ async def test_proxy_refusal_names_the_status(
     assert connect_proxy.password not in str(caught.value)
 
 
-async def test_unreachable_proxy_is_not_permanent_and_redacted() -> None:
-    port = free_port()
+async def test_unreachable_proxy_is_not_permanent_and_redacted(
+    closed_port: int,
+) -> None:
+    port = closed_port
     proxy = (
         f"http://{PROXY_USER}:{urllib.parse.quote(WRONG_PASSWORD)}@{LOOPBACK}:{port}"
     )

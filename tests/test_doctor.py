@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import h11
 import pytest
 import trio
-from support.ports import LOOPBACK, free_port
+from support.ports import LOOPBACK
 from support.proxy import PROXY_USER, ConnectProxy
 from support.scim import ScimServer, ScimTlsServer, TlsFront, run_scim_server
 from support.tls import TlsMaterial
@@ -269,10 +269,10 @@ async def test_doctor_exits_0_when_nothing_failed(
 
 
 async def test_doctor_fails_when_the_hub_is_not_listening(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, closed_port: int
 ) -> None:
     service_id = Hub().create_service("acme").service_id
-    port = free_port()
+    port = closed_port
     path = write_config(tmp_path, f"ws://127.0.0.1:{port}/v1/connect", service_id, {})
 
     healthy, checks, _ = await run_doctor(path)
@@ -416,9 +416,9 @@ async def test_doctor_fails_a_proxy_that_refuses_the_credentials(
 
 
 async def test_doctor_fails_an_unreachable_proxy(
-    hub: RunningHub, tmp_path: pathlib.Path
+    hub: RunningHub, tmp_path: pathlib.Path, closed_port: int
 ) -> None:
-    proxy_url = f"http://{PROXY_USER}:{WRONG_PASSWORD}@127.0.0.1:{free_port()}"
+    proxy_url = f"http://{PROXY_USER}:{WRONG_PASSWORD}@127.0.0.1:{closed_port}"
     path = write_config(tmp_path, hub.url, hub.service_id, {}, proxy=proxy_url)
 
     healthy, checks, text = await run_doctor(path)
@@ -504,9 +504,12 @@ async def test_doctor_tls_flags_override_the_guess(
 
 
 async def test_doctor_fails_an_unreachable_target(
-    hub: RunningHub, scim_server: ScimServer, tmp_path: pathlib.Path
+    hub: RunningHub,
+    scim_server: ScimServer,
+    tmp_path: pathlib.Path,
+    closed_port: int,
 ) -> None:
-    port = free_port()
+    port = closed_port
     targets = {
         "gone": {"addr": f"127.0.0.1:{port}"},
         "scim-server": {"addr": scim_server.address, "path_prefix": "/v2"},

@@ -11,6 +11,7 @@ delays are known and distinguishable from the ceilings themselves.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 import trio
 import trio.testing
 from support.origin import serve_origin
-from support.ports import free_port
+from support.ports import refusing_port
 from support.relay_faults import TARGET, open_world, target_at, timed_log
 
 from trustelem_relay import _agent
@@ -120,28 +121,31 @@ async def test_reconnect_backoff_is_full_jitter_capped_at_60_s_and_never_ends(
     autojump_clock: trio.testing.MockClock,
     jitter: RecordingJitter,
 ) -> None:
-    closed = free_port()
-    async with open_world(tmp_path) as world:
-        agent = world.agent("a", UNUSED, hub_port=closed)
-        run = world.start_agent_soon(agent)
-        await jitter.wait_calls(10)
+    with contextlib.ExitStack() as refusing:
+        closed = refusing.enter_context(refusing_port())
+        async with open_world(tmp_path) as world:
+            agent = world.agent("a", UNUSED, hub_port=closed)
+            run = world.start_agent_soon(agent)
+            await jitter.wait_calls(10)
 
-        # Each failed attempt draws from [0, min(60, 2**attempt)].
-        ceilings = [high for _, _, high in jitter.calls]
-        assert ceilings == [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]
-        assert all(low == 0 for _, low, _ in jitter.calls)
-        # ... and waits exactly the draw before the next attempt.
-        times = [at for at, _, _ in jitter.calls]
-        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-        assert gaps == [DRAW * high for high in ceilings[:-1]]
+            # Each failed attempt draws from [0, min(60, 2**attempt)].
+            ceilings = [high for _, _, high in jitter.calls]
+            assert ceilings == [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]
+            assert all(low == 0 for _, low, _ in jitter.calls)
+            # ... and waits exactly the draw before the next attempt.
+            times = [at for at, _, _ in jitter.calls]
+            gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+            assert gaps == [DRAW * high for high in ceilings[:-1]]
 
-        # Ten minutes of refusals later the hub appears, and the agent,
-        # still trying, connects on its next attempt.
-        relay = await world.relay(port=closed)
-        info = await world.hub.wait_agent(world.service_id, timeout=120)
-        assert relay.accepted_at == [times[-1] + DRAW * 60]
-        assert info.agent_id == agent.agent_id
-        assert not run.returned.is_set()
+            # Ten minutes of refusals later the hub appears, and the agent,
+            # still trying, connects on its next attempt. The port is let
+            # go for the hub to take.
+            refusing.close()
+            relay = await world.relay(port=closed)
+            info = await world.hub.wait_agent(world.service_id, timeout=120)
+            assert relay.accepted_at == [times[-1] + DRAW * 60]
+            assert info.agent_id == agent.agent_id
+            assert not run.returned.is_set()
 
 
 # --------------------------------------------------------------------------

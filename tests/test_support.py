@@ -17,7 +17,7 @@ import pytest
 import trio
 from support.http1 import http_request
 from support.listener import CountingListener
-from support.ports import LOOPBACK, free_port
+from support.ports import LOOPBACK, free_port, refusing_port
 from support.proxy import PROXY_PASSWORD, PROXY_USER, ConnectProxy, ConnectRecord
 from support.scim import SCIM_TOKEN, ScimServer, ScimTlsServer
 from support.tls import TlsMaterial
@@ -119,17 +119,20 @@ async def test_proxy_can_be_told_to_refuse(
     [
         ("example.com:443", 403),  # not loopback: never leaves the machine
         ("10.0.0.12:443", 403),
-        (f"{LOOPBACK}:{free_port()}", 502),  # nothing listens there
+        (None, 502),  # a loopback port where nothing listens
     ],
 )
 async def test_proxy_refuses_destinations_it_cannot_or_may_not_reach(
-    connect_proxy: ConnectProxy, destination: str, status: int
+    connect_proxy: ConnectProxy, destination: str | None, status: int
 ) -> None:
     assert connect_proxy.port is not None
-    async with await trio.open_tcp_stream(LOOPBACK, connect_proxy.port) as stream:
-        answered, _ = await send_connect(
-            stream, destination, (PROXY_USER, PROXY_PASSWORD)
-        )
+    with refusing_port() as closed:
+        async with await trio.open_tcp_stream(LOOPBACK, connect_proxy.port) as stream:
+            answered, _ = await send_connect(
+                stream,
+                destination or f"{LOOPBACK}:{closed}",
+                (PROXY_USER, PROXY_PASSWORD),
+            )
     assert answered == status
 
 
@@ -245,3 +248,12 @@ def test_counting_listener_counts_each_attempt(
 def test_free_port_can_be_bound() -> None:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, free_port()))
+
+
+def test_refusing_port_refuses_while_held() -> None:
+    with refusing_port() as port, socket.socket() as client:
+        with pytest.raises(ConnectionRefusedError):
+            client.connect((LOOPBACK, port))
+        # Held: no other socket can take the port meanwhile.
+        with socket.socket() as other, pytest.raises(OSError, match="in use"):
+            other.bind((LOOPBACK, port))

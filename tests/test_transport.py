@@ -16,7 +16,6 @@ import httpx
 import pytest
 import trio
 from support.listener import CountingListener
-from support.ports import free_port
 from support.relay import Relay, RelayKit, RelayLog
 from support.scim import SCIM_HOSTNAME, SCIM_TOKEN, ScimServer, run_scim_server
 
@@ -129,9 +128,11 @@ async def test_transport_passes_the_authorization_header(
 
 
 async def test_transport_raises_relay_errors_as_request_errors(
-    counting_listener: CountingListener, relay_kit: RelayKit, relay_log: RelayLog
+    counting_listener: CountingListener,
+    relay_kit: RelayKit,
+    relay_log: RelayLog,
+    closed_port: int,
 ) -> None:
-    closed_port = free_port()
     relay = await relay_kit.start_relay({"gone": {"addr": f"127.0.0.1:{closed_port}"}})
     relay_log.forbid_service_id(relay.service_id)
 
