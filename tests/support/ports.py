@@ -21,14 +21,6 @@ import pytest
 LOOPBACK = "127.0.0.1"
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listened on a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def refusing_port() -> Iterator[int]:
     """A port on 127.0.0.1 that refuses connections while the block runs.
@@ -41,6 +33,12 @@ def refusing_port() -> Iterator[int]:
         sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]
         yield port
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listened on a moment ago."""
+    with refusing_port() as port:
+        return port
 
 
 @pytest.fixture
