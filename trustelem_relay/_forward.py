@@ -283,8 +283,9 @@ class _Exchange:
         self.streamed: RequestBody | None = None
         # Whether the request lets the connection be kept (no close asked).
         self.keep_alive = False
-        # Once a body was read past h11: whether nothing followed it.
-        self.read_past_h11: bool | None = None
+        # Once the relay read a body by its Content-Length itself (past
+        # h11, or with no h11 at all): whether nothing followed it.
+        self.nothing_after_body: bool | None = None
         # h11's machine, made only for an answer that is not plain
         # (_forward_receive); a plain one's head says if it lets us keep
         # the connection.

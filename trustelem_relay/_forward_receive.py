@@ -237,7 +237,7 @@ async def _receive_body(
         length,
     )
     # Bytes past the body would be read as the next answer.
-    exchange.read_past_h11 = len(buffered) <= length
+    exchange.nothing_after_body = len(buffered) <= length
 
 
 async def _relay_data(exchange: _Exchange, data: bytes | bytearray) -> None:
@@ -293,12 +293,14 @@ def can_reuse(exchange: _Exchange) -> bool:
         # A plain answer, read without h11: neither side may have asked
         # to close, and nothing may have followed its body.
         return bool(
-            exchange.read_past_h11 and exchange.keep_alive and exchange.plain_keep_alive
+            exchange.nothing_after_body
+            and exchange.keep_alive
+            and exchange.plain_keep_alive
         )
-    if exchange.read_past_h11 is not None:
+    if exchange.nothing_after_body is not None:
         # h11 stopped at the head; it said then whether either side
         # asked to close (our state is MUST_CLOSE if one did).
-        return exchange.read_past_h11 and conn.our_state is h11.DONE
+        return exchange.nothing_after_body and conn.our_state is h11.DONE
     return (
         conn.our_state is h11.DONE
         and conn.their_state is h11.DONE
