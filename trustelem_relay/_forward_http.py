@@ -41,6 +41,7 @@ import h11
 from ._events import Headers, RequestHead
 
 __all__ = [
+    "NO_BODY_STATUSES",
     "PlainResponseHead",
     "announcement",
     "content_length",
@@ -99,7 +100,7 @@ _PLAIN_FIELD = re.compile(
 #: Longest Content-Length read here; h11 takes up to 20 digits.
 _PLAIN_LENGTH_DIGITS = 18
 #: Final answers that have no body whatever they declare.
-_BODILESS_STATUSES = frozenset({b"204", b"304"})
+NO_BODY_STATUSES = frozenset({204, 304})
 
 
 def request_headers(
@@ -195,7 +196,10 @@ def plain_response_head(data: bytes) -> PlainResponseHead | None:
         return None
     lines = data[:end].split(b"\r\n")
     status_line = _PLAIN_STATUS_LINE.fullmatch(lines[0])
-    if status_line is None or status_line[1] in _BODILESS_STATUSES:
+    if status_line is None:
+        return None
+    status = int(status_line[1])
+    if status in NO_BODY_STATUSES:
         return None
     headers: list[tuple[bytes, bytes]] = []
     length: bytes | None = None
@@ -217,7 +221,7 @@ def plain_response_head(data: bytes) -> PlainResponseHead | None:
     if length is None or len(length) > _PLAIN_LENGTH_DIGITS:
         return None
     return PlainResponseHead(
-        status=int(status_line[1]),
+        status=status,
         reason=status_line[2] or b"",
         headers=headers,
         length=int(length),

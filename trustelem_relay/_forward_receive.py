@@ -39,6 +39,7 @@ import trio
 from ._errors import BadGateway, RequestError, ResponseTooLarge
 from ._events import ResponseHead
 from ._forward_http import (
+    NO_BODY_STATUSES,
     announcement,
     content_length,
     plain_response_head,
@@ -67,10 +68,10 @@ CHUNK_SIZE = 64 * 1024
 BODY_READ_SIZE = 4 * CHUNK_SIZE
 
 
-#: Requests and answers that carry no body whatever their head declares
-#: (a 2xx answer to CONNECT switches protocols instead).
+#: Requests whose answers carry no body whatever their head declares (a
+#: 2xx answer to CONNECT switches protocols instead); the statuses that
+#: carry none are NO_BODY_STATUSES.
 _NO_BODY_METHODS = frozenset({"HEAD", "CONNECT"})
-_NO_BODY_STATUSES = frozenset({204, 304})
 
 _END_OF_MESSAGE = h11.EndOfMessage()
 
@@ -82,7 +83,9 @@ async def receive(exchange: _Exchange, stream: trio.abc.Stream) -> None:
         plain = plain_response_head(data)
         if plain is not None:
             exchange.plain_keep_alive = plain.keep_alive
-            await _relay_head(exchange, plain.status, plain.reason, plain.headers)
+            await _relay_head(
+                exchange, plain.status, plain.reason, plain.headers, plain.length
+            )
             buffered = data[plain.body_start :]
             await _receive_body(exchange, stream, plain.length, buffered)
             return
@@ -108,8 +111,9 @@ async def receive(exchange: _Exchange, stream: trio.abc.Stream) -> None:
         elif type(event) is h11.Response:
             # One pass over h11's header view, which is slow to iterate.
             received = list(event.headers)
-            length = await _relay_head(
-                exchange, event.status_code, bytes(event.reason), received
+            length = content_length(received)
+            await _relay_head(
+                exchange, event.status_code, bytes(event.reason), received, length
             )
             if length is not None and _framed_by_length(exchange, event, received):
                 buffered, _ = conn.trailing_data
@@ -159,11 +163,12 @@ async def _relay_head(
     status: int,
     reason: bytes,
     received: list[tuple[bytes, bytes]],
-) -> int | None:
+    declared: int | None,
+) -> None:
     """Check the head's sizes, then pass the cleaned head to the sink.
 
-    *received* is every header, names in lower case. Returns the length
-    the head declares, if any.
+    *received* is every header, names in lower case; *declared* the
+    length the head declares, if any.
     """
     # h11 bounds a head that arrives over several reads; one that arrives
     # whole in a single read is measured here (lines plus CRLFs).
@@ -174,7 +179,6 @@ async def _relay_head(
     if status > 599:
         # h11 accepts any three digits; HTTP and the relay stop at 599.
         raise exchange.fail(BadGateway, f"target answered status {status}")
-    declared = content_length(received)
     if declared is not None and declared > exchange.limits.max_response_body:
         raise _body_too_large(exchange)
 
@@ -190,7 +194,6 @@ async def _relay_head(
     await exchange.sink.send_head(
         ResponseHead(status=status, headers=headers, reason=reason)
     )
-    return declared
 
 
 def _framed_by_length(
@@ -203,7 +206,7 @@ def _framed_by_length(
     """
     return not (
         exchange.head.method in _NO_BODY_METHODS
-        or response.status_code in _NO_BODY_STATUSES
+        or response.status_code in NO_BODY_STATUSES
         or any(name == b"transfer-encoding" for name, _ in received)
     )
 
